@@ -1,0 +1,1 @@
+"""Access tokens (filled by the service issue)."""

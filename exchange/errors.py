@@ -1,0 +1,112 @@
+"""Domain exceptions of the exchange; HTTP status codes are mapped in `exchange.api.errors` only.
+
+The tree::
+
+    ExchangeError                      code "error"
+    ├── InvalidInputError              "invalid_input"        bad request body, schema or semantic check
+    │   └── PayloadTooLargeError       "payload_too_large"    a size or count limit was exceeded
+    ├── NotFoundError                  "not_found"            unknown case, package, grant, log index
+    │   └── BlobNotFoundError          "blob_not_found"       object missing from the blob store
+    ├── ConflictError                  "conflict"             duplicate id, already sealed or revoked
+    ├── UnauthenticatedError           "unauthenticated"      bad, expired or replayed token
+    ├── ForbiddenError                 "forbidden"            authenticated but not allowed
+    ├── VerificationError              "verification_failed"  signature, digest or proof does not hold
+    │   └── IntegrityFailureError      "integrity_failure"    stored bytes no longer match the record
+    ├── UnavailableError               "unavailable"          a backend is down; retry later
+    └── StorageError                   "storage_error"        a backend failed in an unexpected way
+
+Every error carries a human message; `VerificationError` also carries a stable machine `reason`
+(e.g. ``hash_mismatch``) and, where one file is at fault, its ``path``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class ExchangeError(Exception):
+    """Base of every error the exchange raises on purpose."""
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidInputError(ExchangeError):
+    """Input failed a schema or semantic check."""
+
+    code = "invalid_input"
+
+
+class PayloadTooLargeError(InvalidInputError):
+    """A body, file or count exceeded a configured limit."""
+
+    code = "payload_too_large"
+
+
+class NotFoundError(ExchangeError):
+    """The thing asked for does not exist, or the caller may not know that it does."""
+
+    code = "not_found"
+
+
+class BlobNotFoundError(NotFoundError):
+    """The blob store holds no object under that key."""
+
+    code = "blob_not_found"
+
+
+class ConflictError(ExchangeError):
+    """The request conflicts with the current state (duplicate id, already sealed...)."""
+
+    code = "conflict"
+
+
+class UnauthenticatedError(ExchangeError):
+    """Credentials are missing, malformed, expired or replayed; the message stays opaque."""
+
+    code = "unauthenticated"
+
+
+class ForbiddenError(ExchangeError):
+    """The caller is known but not allowed to do this."""
+
+    code = "forbidden"
+
+
+class VerificationError(ExchangeError):
+    """A signature, digest, path rule or proof does not hold.
+
+    `reason` is a stable machine-readable code; `path` names the file at fault, if any.
+    """
+
+    code = "verification_failed"
+
+    def __init__(self, message: str, *, reason: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.path = path
+
+
+class IntegrityFailureError(VerificationError):
+    """Bytes held by the exchange no longer match what was sealed."""
+
+    code = "integrity_failure"
+
+
+class UnavailableError(ExchangeError):
+    """A backend (database, object store) is unreachable; the caller should retry."""
+
+    code = "unavailable"
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class StorageError(ExchangeError):
+    """A storage backend failed in a way that is not a plain outage."""
+
+    code = "storage_error"

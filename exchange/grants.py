@@ -1,0 +1,1 @@
+"""Access grants: per-country, per-case scopes (filled by the service issue)."""

@@ -1,0 +1,75 @@
+"""The one settings object (environment prefix EXCHANGE_); built by the entry points, passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEV_KEY_DIR = REPO_ROOT / "keys" / "dev"
+
+
+class Settings(BaseSettings):
+    """Configuration of one exchange node. Every field reads EXCHANGE_<NAME> from the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="EXCHANGE_", extra="ignore")
+
+    env: Literal["development", "production"] = "development"
+    data_dir: Path = Path("./var")
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite file exchange.db in data_dir"
+    )
+    trust_dir: Path = DEV_KEY_DIR / "trust"
+
+    storage: Literal["local", "s3"] = "local"
+    s3_endpoint: str | None = None
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_bucket: str = "evidence"
+    s3_secure: bool = True
+    s3_region: str | None = None
+    s3_object_lock: bool = False
+    s3_retention_days: int = Field(default=3650, ge=1)
+
+    issuer_key_path: Path | None = Field(
+        default=None, description="Ed25519 PEM signing access tokens; default: dev key in data_dir"
+    )
+    ledger_key_path: Path | None = Field(
+        default=None, description="Ed25519 PEM signing checkpoints; default: dev key in data_dir"
+    )
+    ledger_origin: str = "exchange.example/ledger"
+    public_url: str = "http://127.0.0.1:8000"
+
+    max_file_bytes: int = Field(default=64 * 1024**3, ge=1)
+    max_files_per_package: int = Field(default=10_000, ge=1)
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The database URL in force."""
+        return self.database_url or f"sqlite:///{(self.data_dir / 'exchange.db').resolve()}"
+
+    @model_validator(mode="after")
+    def _refuse_dev_material_in_production(self) -> Settings:
+        if self.env != "production":
+            return self
+        for name in ("issuer_key_path", "ledger_key_path"):
+            value: Path | None = getattr(self, name)
+            if value is None:
+                raise ValueError(f"EXCHANGE_{name.upper()} must be set in production")
+            if _is_dev_key(value):
+                raise ValueError(f"EXCHANGE_{name.upper()} points at a development key ({value})")
+        if _is_dev_key(self.trust_dir):
+            raise ValueError("EXCHANGE_TRUST_DIR points at development keys")
+        if self.storage == "s3":
+            secret = self.s3_secret_key.get_secret_value() if self.s3_secret_key else ""
+            if secret in ("", "minioadmin", "changeme"):
+                raise ValueError("EXCHANGE_S3_SECRET_KEY is unset or a default value")
+        return self
+
+
+def _is_dev_key(path: Path) -> bool:
+    resolved = path.resolve()
+    return resolved == DEV_KEY_DIR or DEV_KEY_DIR in resolved.parents

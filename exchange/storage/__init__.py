@@ -1,0 +1,1 @@
+"""Object storage and the database: adapters around the core."""
