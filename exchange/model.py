@@ -199,3 +199,30 @@ def parse_json(data: bytes | str, *, what: str) -> Any:
         raise InvalidInputError(f"{what}: not UTF-8 ({exc.reason})") from exc
     except json.JSONDecodeError as exc:
         raise InvalidInputError(f"{what}: not JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+class Role(StrEnum):
+    """What a client of an agency may do."""
+
+    INVESTIGATOR = "investigator"
+    PARTNER = "partner"
+    PROSECUTOR = "prosecutor"
+    ADMIN = "admin"
+
+
+class Principal(BaseModel):
+    """The authenticated caller of one request, as read from a verified access token."""
+
+    model_config = ConfigDict(frozen=True)
+
+    client_id: str
+    agency: str
+    country: str
+    role: Role
+    scopes: frozenset[str]
+    token_id: str
+    expires_at: datetime
+
+    def has_scope(self, scope: str) -> bool:
+        """Whether the token carries `scope`."""
+        return scope in self.scopes
