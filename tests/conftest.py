@@ -16,9 +16,7 @@ from exchange.trust import TrustedKey, TrustStore
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = REPO / "tests" / "vectors"
-PG_ADMIN_URL = os.environ.get(
-    "EXCHANGE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test"
-)
+PG_ADMIN_URL = os.environ.get("EXCHANGE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
 

@@ -1,0 +1,80 @@
+"""Plain builder functions for test data: evidence folders, manifests, signed packages."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from exchange.model import MANIFEST_JWS_TYP, canonical_bytes
+from exchange.package import build_package
+from exchange.package.source import JWS_NAME, MANIFEST_NAME
+from exchange.signing import Signer, sign_detached_jws
+
+LEGAL_BASIS = {"type": "warrant", "reference": "W-2026-0042", "issued_by": "Bangkok Criminal Court"}
+COLLECTION = {
+    "collected_by": {"name": "Pol. Lt. Somchai K.", "role": "digital forensic examiner"},
+    "collected_at": "2026-11-20T09:30:00+07:00",
+    "location": "Technology Crime Suppression Division, Bangkok",
+    "method": "logical extraction",
+    "tool": {"name": "ExampleExtract", "version": "7.1.2"},
+    "source_device": {"description": "Samsung Galaxy A54, black", "imei": "356938035643809"},
+    "seal_numbers": ["TH-SEAL-000123"],
+}
+FILES = {
+    "phone/extraction.bin": b"\x00\x01binary evidence" * 1000,
+    "chats/line-export.txt": "ข้อความ: transfer 50,000 THB to account 123\n".encode(),
+    "screenshots/wallet.png": b"\x89PNG\r\n\x1a\nnot really a png",
+}
+
+
+def write_source(root: Path, files: dict[str, bytes] | None = None) -> Path:
+    """Lay out an evidence folder with `files` (path -> bytes)."""
+    for rel, data in (files if files is not None else FILES).items():
+        target = root / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return root
+
+
+def build(
+    tmp: Path,
+    signer: Signer,
+    *,
+    agency: str = "TH-RTP",
+    created_at: datetime,
+    out_name: str = "pkg",
+    files: dict[str, bytes] | None = None,
+) -> Path:
+    """Build a real signed package under `tmp` and return its path (folder or .tar)."""
+    source = write_source(tmp / f"src-{out_name}", files)
+    out = tmp / out_name
+    build_package(
+        source=source,
+        out=out,
+        signer=signer,
+        agency=agency,
+        country=agency[:2],
+        case_ref="TH-TCSD-2026-0042",
+        legal_basis=dict(LEGAL_BASIS),
+        collection=json.loads(json.dumps(COLLECTION)),
+        created_at=created_at,
+    )
+    return out
+
+
+def read_manifest(pkg: Path) -> dict[str, Any]:
+    """The manifest.json of a package folder, parsed."""
+    loaded: dict[str, Any] = json.loads((pkg / MANIFEST_NAME).read_text(encoding="utf-8"))
+    return loaded
+
+
+def rewrite_manifest(pkg: Path, manifest: dict[str, Any], signer: Signer | None) -> None:
+    """Write a new manifest.json; re-sign it with `signer` unless None (then the old JWS stays)."""
+    (pkg / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
+    if signer is not None:
+        jws = sign_detached_jws(
+            payload=canonical_bytes(manifest), signer=signer, typ=MANIFEST_JWS_TYP
+        )
+        (pkg / JWS_NAME).write_text(jws + "\n", encoding="ascii")
