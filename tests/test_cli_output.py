@@ -1,0 +1,23 @@
+"""The CLI's delayed progress bar stays silent for quick work and appears for slow work."""
+
+from __future__ import annotations
+
+import pytest
+
+from exchange.cli import output
+
+
+def test_quick_work_shows_no_bar():
+    with output.DelayedProgress("hashing", 100) as progress:
+        progress.advance(100)
+        assert progress._progress is None
+
+
+def test_slow_work_starts_a_bar_on_stderr(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(output.DelayedProgress, "DELAY_SECONDS", 0.0)
+    with output.DelayedProgress("hashing", 100) as progress:
+        progress.advance(40)
+        assert progress._progress is not None
+        assert progress._progress.console is output.stderr
+        task = progress._progress.tasks[0]
+        assert (task.description, task.completed, task.total) == ("hashing", 40, 100)
