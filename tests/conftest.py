@@ -14,6 +14,8 @@ import pytest
 from exchange.signing import Signer
 from exchange.trust import TrustedKey, TrustStore
 
+pytest_plugins = ["tests.ledger_fixtures"]
+
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = REPO / "tests" / "vectors"
 PG_ADMIN_URL = os.environ.get("EXCHANGE_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/test")

@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 
 from exchange import __version__
-from exchange.cli import keys, package
+from exchange.cli import keys, ledger, package
 from exchange.cli.output import CommandError, fail
 
 # NOTE: add a command group by writing exchange/cli/<group>.py with `register(subparsers)`
 # and naming it here.
-GROUPS = (keys, package)
+GROUPS = (keys, package, ledger)
 
 
 def build_parser() -> argparse.ArgumentParser:

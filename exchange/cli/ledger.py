@@ -1,0 +1,166 @@
+"""`exchange ledger`: verify the stored custody ledger, print proofs, check proofs offline."""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from exchange.cli.output import CommandError, print_json, stdout
+from exchange.errors import ExchangeError, VerificationError
+from exchange.keyfiles import ledger_key
+from exchange.ledger.audit import verify_log
+from exchange.ledger.entry import parse_entry
+from exchange.ledger.proof import verify_proof_document
+from exchange.ledger.signer import LogVerifier
+from exchange.model import parse_json
+from exchange.settings import Settings
+from exchange.signing import load_public_key_pem
+from exchange.storage import ledger_store
+from exchange.storage.db import make_engine, session_scope
+
+
+def register(subparsers: Any) -> None:
+    """Add the `ledger` group."""
+    group = subparsers.add_parser("ledger", help="the custody ledger: verify, prove, check proofs")
+    commands = group.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    verify = commands.add_parser(
+        "verify",
+        help="recompute the whole ledger: chain, stored hashes, root, checkpoint signature",
+        description="Exit 0 with a summary when every check holds; 1 naming the first bad seq.",
+    )
+    verify.add_argument("--db", help="database URL (default: the settings' database)")
+    verify.add_argument("--log-key", type=Path, help="the log's public key PEM (default: settings)")
+    verify.add_argument("--origin", help="expected log origin (default: settings)")
+    verify.add_argument(
+        "--deep", action="store_true", help="also parse and schema-check every entry (slower)"
+    )
+    verify.set_defaults(handler=verify_command)
+
+    proof = commands.add_parser("proof", help="print an inclusion proof for one entry (JSON)")
+    proof.add_argument("--seq", required=True, type=int, help="the entry's seq")
+    proof.add_argument(
+        "--against", type=int, metavar="SIZE", help="add a consistency proof from tree size SIZE"
+    )
+    proof.add_argument("--db", help="database URL (default: the settings' database)")
+    proof.set_defaults(handler=proof_command)
+
+    check = commands.add_parser(
+        "check-proof", help="verify a proof file offline with the log's public key"
+    )
+    check.add_argument("file", type=Path, metavar="FILE")
+    check.add_argument("--log-key", required=True, type=Path, help="the log's public key PEM")
+    check.add_argument("--origin", help="require this log origin")
+    check.set_defaults(handler=check_proof_command)
+
+
+def _log_verifier(args: argparse.Namespace, settings: Settings | None) -> LogVerifier:
+    origin = args.origin or (settings.ledger_origin if settings else None)
+    try:
+        if args.log_key is not None:
+            public_key = load_public_key_pem(args.log_key.read_bytes())
+        elif settings is None:
+            raise CommandError("--log-key is required")
+        else:
+            public_key = ledger_key(
+                key_path=settings.ledger_key_path,
+                data_dir=settings.data_dir,
+                development=settings.env == "development",
+            ).public_key
+        return LogVerifier.from_public_key(public_key, origin=origin)
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.log_key}: {exc.strerror}") from exc
+    except ExchangeError as exc:
+        raise CommandError(exc.message) from exc
+
+
+def _database_url(args: argparse.Namespace, settings: Settings) -> str:
+    return str(args.db) if args.db else settings.resolved_database_url
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """Handle `exchange ledger verify`: exit 0 with a summary, 1 naming the first bad seq."""
+    settings = Settings()
+    verifier = _log_verifier(args, settings)
+    engine = make_engine(_database_url(args, settings))
+    started = time.perf_counter()
+    try:
+        with session_scope(engine) as session, ledger_store.log_rows(session) as (entries, hashes):
+            summary = verify_log(
+                entries,
+                hashes,
+                checkpoint_note=ledger_store.latest_checkpoint(session),
+                verify_note=verifier.verify,
+                deep=parse_entry if args.deep else None,
+            )
+    except VerificationError as exc:
+        raise CommandError(f"ledger verification failed: {exc.message}") from exc
+    except SQLAlchemyError as exc:
+        raise CommandError(f"cannot read the ledger: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        engine.dispose()
+    elapsed = time.perf_counter() - started
+    root = base64.b64encode(summary.root_hash).decode()
+    stdout.print(f"[bold green]VERIFIED[/] ledger {verifier.origin}", markup=True)
+    stdout.print(f"  entries        {summary.entries}")
+    stdout.print(f"  tree size      {summary.size}")
+    stdout.print(f"  root           {root}")
+    stdout.print(f"  stored hashes  {summary.stored_hashes}")
+    stdout.print(f"  checked in     {elapsed:.2f} s")
+    return 0
+
+
+def proof_command(args: argparse.Namespace) -> int:
+    """Handle `exchange ledger proof`: print the proof JSON (schemas/proof.v1.json)."""
+    settings = Settings()
+    engine = make_engine(_database_url(args, settings))
+    try:
+        with session_scope(engine) as session:
+            document = ledger_store.proof(session, args.seq, against=args.against)
+    except ExchangeError as exc:
+        raise CommandError(exc.message) from exc
+    except SQLAlchemyError as exc:
+        raise CommandError(f"cannot read the ledger: {exc.__class__.__name__}: {exc}") from exc
+    finally:
+        engine.dispose()
+    print_json(document)
+    return 0
+
+
+def check_proof_command(args: argparse.Namespace) -> int:
+    """Handle `exchange ledger check-proof`: exit 0 saying what was proved, 1 otherwise."""
+    verifier = _log_verifier(args, None)
+    try:
+        document = parse_json(args.file.read_bytes(), what=str(args.file))
+        proved = verify_proof_document(document, verify_note=verifier.verify)
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.file}: {exc.strerror}") from exc
+    except VerificationError as exc:
+        raise CommandError(f"proof rejected: {exc.message}") from exc
+    except ExchangeError as exc:
+        raise CommandError(f"proof rejected: {exc.message}") from exc
+    e = proved.entry
+    stdout.print(
+        f"[bold green]PROVED[/] entry {e.seq} is in ledger {proved.origin} "
+        f"at tree size {proved.tree_size}",
+        markup=True,
+    )
+    stdout.print(f"  action   {e.action.value}")
+    stdout.print(f"  time     {e.time}")
+    stdout.print(f"  actor    {e.actor.subject} ({e.actor.agency}, {e.actor.country})")
+    if e.case_id:
+        stdout.print(f"  case     {e.case_id}")
+    if e.package_id:
+        stdout.print(f"  package  {e.package_id}")
+    stdout.print(f"  root     {base64.b64encode(proved.root_hash).decode()}")
+    if proved.consistent_from is not None:
+        stdout.print(
+            f"  and the log at size {proved.consistent_from} (its signed checkpoint) "
+            f"is a prefix of this log"
+        )
+    return 0

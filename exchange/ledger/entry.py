@@ -1,0 +1,154 @@
+"""Ledger entries: the wire model (schemas/ledger-entry.v1.json), the builder and the entry hash.
+
+An entry is RFC 8785 canonical JSON; entry hash = SHA-256(canonical bytes), and each entry's
+`prev` is the hex entry hash of the one before it (64 zeros for seq 0). See docs/ledger.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field, ValidationError
+
+from exchange.errors import InvalidInputError
+from exchange.model import WireModel, canonical_bytes, parse_json
+from exchange.schema import validate
+
+SCHEMA = "ledger-entry.v1.json"
+GENESIS_PREV = "0" * 64
+
+_AGENCY = r"^[A-Z]{2}-[A-Z0-9][A-Z0-9-]{0,62}$"
+_COUNTRY = r"^[A-Z]{2}$"
+_SHA256 = r"^[0-9a-f]{64}$"
+_TIME = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?Z$"
+_CASE_ID = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_MAX_SEQ = 2**53 - 1
+
+
+class Action(StrEnum):
+    """What happened; the schema's `action` enum (add a member there and here together)."""
+
+    CASE_OPENED = "case.opened"
+    PACKAGE_REGISTERED = "package.registered"
+    PACKAGE_SEALED = "package.sealed"
+    GRANT_ISSUED = "grant.issued"
+    GRANT_REVOKED = "grant.revoked"
+    BUNDLE_FETCHED = "bundle.fetched"
+    CUSTODY_EXPORTED = "custody.exported"
+    AGENCY_REGISTERED = "agency.registered"
+    KEY_REGISTERED = "key.registered"
+    KEY_REVOKED = "key.revoked"
+    CLIENT_REGISTERED = "client.registered"
+    INTEGRITY_FAILURE = "integrity.failure"
+
+
+def _time_check(value: object) -> object:
+    if isinstance(value, str):
+        datetime.fromisoformat(value)  # ValueError for impossible dates, as the schema's format
+    return value
+
+
+def _is_int(value: object) -> object:
+    if isinstance(value, bool):
+        raise ValueError("a boolean is not an integer")
+    return value
+
+
+Subject = Annotated[str, Field(min_length=1, max_length=500, strict=True, pattern=r"\S")]
+
+
+class Actor(WireModel):
+    """Who did it: the agency, its country and the acting subject (client or user id)."""
+
+    agency: Annotated[str, Field(strict=True, pattern=_AGENCY)]
+    country: Annotated[str, Field(strict=True, pattern=_COUNTRY)]
+    subject: Subject
+
+
+class LedgerEntry(WireModel):
+    """One custody ledger entry (schemas/ledger-entry.v1.json)."""
+
+    seq: Annotated[int, BeforeValidator(_is_int), Field(ge=0, le=_MAX_SEQ)]
+    prev: Annotated[str, Field(strict=True, pattern=_SHA256)]
+    time: Annotated[str, Field(strict=True, pattern=_TIME), BeforeValidator(_time_check)]
+    actor: Actor
+    action: Annotated[Action, Field(strict=False)]
+    case_id: Annotated[str, Field(strict=True, pattern=_CASE_ID)] | None = None
+    package_id: Annotated[str, Field(strict=True, pattern=_UUID)] | None = None
+    details: Annotated[dict[str, Any], Field(max_length=100)]
+
+    @classmethod
+    def from_wire(cls, obj: object) -> LedgerEntry:
+        """Build from a parsed JSON object; raises `InvalidInputError` naming the first problem."""
+        try:
+            return cls.model_validate(obj)
+        except ValidationError as exc:
+            raise InvalidInputError(f"ledger entry {_first_error(exc)}") from exc
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """What a caller records; the store adds seq, prev and time."""
+
+    actor: Actor
+    action: Action
+    case_id: str | None = None
+    package_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+def format_time(now: datetime) -> str:
+    """RFC 3339 UTC with microseconds and a Z suffix; raises `InvalidInputError` if naive."""
+    if now.tzinfo is None or now.utcoffset() is None:
+        raise InvalidInputError("ledger time must be timezone-aware")
+    return now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_hash(data: bytes) -> bytes:
+    """SHA-256 of an entry's canonical bytes (the hash chain's link)."""
+    return hashlib.sha256(data).digest()
+
+
+def make_entry(new: NewEntry, *, seq: int, prev: str, time: datetime) -> tuple[LedgerEntry, bytes]:
+    """The entry at `seq` after the entry whose hex hash is `prev`, and its canonical bytes.
+
+    Raises `InvalidInputError` naming the first field that does not fit the schema.
+    """
+    wire: dict[str, Any] = {
+        "seq": seq,
+        "prev": prev,
+        "time": format_time(time),
+        "actor": new.actor,
+        "action": new.action,
+        "details": new.details,
+    }
+    if new.case_id is not None:
+        wire["case_id"] = new.case_id
+    if new.package_id is not None:
+        wire["package_id"] = new.package_id
+    try:
+        entry = LedgerEntry.model_validate(wire)
+    except ValidationError as exc:
+        raise InvalidInputError(f"ledger entry {_first_error(exc)}") from exc
+    return entry, canonical_bytes(entry)
+
+
+def parse_entry(data: bytes) -> LedgerEntry:
+    """Parse canonical entry bytes; raises `InvalidInputError` unless valid and canonical."""
+    obj = parse_json(data, what="ledger entry")
+    validate(SCHEMA, obj)
+    entry = LedgerEntry.from_wire(obj)
+    if canonical_bytes(entry) != data:
+        raise InvalidInputError("ledger entry: bytes are not RFC 8785 canonical")
+    return entry
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = "/" + "/".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}"

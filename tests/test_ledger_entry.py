@@ -1,0 +1,167 @@
+"""Ledger entries: canonical bytes, the schema and the pydantic model agree, every bad field fails."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from exchange.errors import InvalidInputError
+from exchange.ledger.entry import (
+    GENESIS_PREV,
+    SCHEMA,
+    Action,
+    Actor,
+    LedgerEntry,
+    NewEntry,
+    entry_hash,
+    format_time,
+    make_entry,
+    parse_entry,
+)
+from exchange.model import canonical_bytes
+from exchange.schema import load_schema, schema_errors
+
+PACKAGE = "0b9e7c1a-3f4d-4e2b-9a6c-5d8e7f6a1b2c"
+ACTOR = Actor(agency="TH-RTP", country="TH", subject="client:th-rtp-investigator")
+
+
+def new(**overrides: Any) -> NewEntry:
+    fields: dict[str, Any] = {
+        "actor": ACTOR,
+        "action": Action.PACKAGE_SEALED,
+        "case_id": "TH-2026-0042",
+        "package_id": PACKAGE,
+        "details": {"manifest_sha256": "ab" * 32, "files": 3, "bytes": 1024},
+    }
+    fields.update(overrides)
+    return NewEntry(**fields)
+
+
+def test_canonical_bytes_are_exact(now: datetime) -> None:
+    _, data = make_entry(new(), seq=0, prev=GENESIS_PREV, time=now)
+    assert data == (
+        b'{"action":"package.sealed","actor":{"agency":"TH-RTP","country":"TH",'
+        b'"subject":"client:th-rtp-investigator"},"case_id":"TH-2026-0042",'
+        b'"details":{"bytes":1024,"files":3,"manifest_sha256":"' + b"ab" * 32 + b'"},'
+        b'"package_id":"' + PACKAGE.encode() + b'","prev":"' + b"0" * 64 + b'",'
+        b'"seq":0,"time":"2026-11-29T12:00:00.000000Z"}'
+    )
+    assert entry_hash(data) == hashlib.sha256(data).digest()
+
+
+def test_optional_ids_are_left_out(now: datetime) -> None:
+    entry, data = make_entry(
+        new(action=Action.AGENCY_REGISTERED, case_id=None, package_id=None, details={}),
+        seq=7,
+        prev="cd" * 32,
+        time=now,
+    )
+    assert b"case_id" not in data
+    assert b"package_id" not in data
+    assert entry.case_id is None
+    assert entry.details == {}
+
+
+def test_round_trip_through_parse(now: datetime) -> None:
+    entry, data = make_entry(new(), seq=3, prev="ef" * 32, time=now)
+    assert parse_entry(data) == entry
+    assert schema_errors(SCHEMA, entry.to_wire()) == []
+    assert canonical_bytes(LedgerEntry.from_wire(entry.to_wire())) == data
+
+
+def test_time_is_utc_with_z() -> None:
+    bangkok = timezone(timedelta(hours=7))
+    assert format_time(datetime(2026, 1, 2, 7, 0, tzinfo=bangkok)) == "2026-01-02T00:00:00.000000Z"
+    with pytest.raises(InvalidInputError, match="ledger time must be timezone-aware"):
+        format_time(datetime(2026, 1, 2))  # the naive time under test
+
+
+def test_action_enum_matches_the_schema() -> None:
+    assert load_schema(SCHEMA)["properties"]["action"]["enum"] == [a.value for a in Action]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"case_id": ""}, "ledger entry /case_id: String should match pattern"),
+        ({"case_id": "x" * 129}, "ledger entry /case_id: String should match pattern"),
+        ({"package_id": "not-a-uuid"}, "ledger entry /package_id: String should match pattern"),
+        ({"action": "case.deleted"}, "ledger entry /action: Input should be"),
+        (
+            {"details": {f"k{i}": i for i in range(101)}},
+            "ledger entry /details: Dictionary should have at most 100 items",
+        ),
+    ],
+)
+def test_bad_new_entries_are_refused(
+    overrides: dict[str, Any], message: str, now: datetime
+) -> None:
+    with pytest.raises(InvalidInputError, match=message.replace("/", "/")):
+        make_entry(new(**overrides), seq=0, prev=GENESIS_PREV, time=now)
+
+
+@pytest.mark.parametrize(
+    ("seq", "prev", "message"),
+    [
+        (-1, GENESIS_PREV, "ledger entry /seq: Input should be greater than or equal to 0"),
+        (0, "AB" * 32, "ledger entry /prev: String should match pattern"),
+        (0, "ab" * 31, "ledger entry /prev: String should match pattern"),
+    ],
+)
+def test_bad_seq_or_prev_is_refused(seq: int, prev: str, message: str, now: datetime) -> None:
+    with pytest.raises(InvalidInputError, match=message):
+        make_entry(new(), seq=seq, prev=prev, time=now)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("agency", "th-rtp"), ("agency", "TH-RTP\n"), ("country", "THA"), ("subject", " ")],
+)
+def test_bad_actor_is_refused(field: str, value: str) -> None:
+    fields = {"agency": "TH-RTP", "country": "TH", "subject": "s"} | {field: value}
+    with pytest.raises(ValueError, match=field):
+        Actor(**fields)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda w: w | {"extra": 1},
+            "not valid against ledger-entry.v1.json: /: Additional properties",
+        ),
+        (
+            lambda w: w | {"time": "2026-11-29T12:00:00+07:00"},
+            "not valid against ledger-entry.v1.json: /time",
+        ),
+        (
+            lambda w: w | {"time": "2026-02-30T12:00:00Z"},
+            "not valid against ledger-entry.v1.json: /time",
+        ),
+        (lambda w: w | {"seq": True}, "not valid against ledger-entry.v1.json: /seq"),
+        (
+            lambda w: {k: v for k, v in w.items() if k != "details"},
+            "'details' is a required property",
+        ),
+    ],
+)
+def test_parse_refuses_what_the_schema_refuses(mutate: Any, message: str, now: datetime) -> None:
+    entry, _ = make_entry(new(), seq=1, prev="ab" * 32, time=now)
+    with pytest.raises(InvalidInputError, match=message):
+        parse_entry(canonical_bytes(mutate(entry.to_wire())))
+
+
+def test_parse_refuses_non_canonical_bytes(now: datetime) -> None:
+    _, data = make_entry(new(), seq=1, prev="ab" * 32, time=now)
+    with pytest.raises(InvalidInputError, match="ledger entry: bytes are not RFC 8785 canonical"):
+        parse_entry(data.replace(b'"seq":1', b'"seq": 1'))
+    with pytest.raises(InvalidInputError, match="duplicate key 'seq'"):
+        parse_entry(data[:-1] + b',"seq":1}')
+
+
+def test_utc_now_is_accepted() -> None:
+    entry, _ = make_entry(new(), seq=0, prev=GENESIS_PREV, time=datetime.now(UTC))
+    assert entry.time.endswith("Z")
