@@ -168,10 +168,45 @@ class Manifest(WireModel):
         return sum(f.size for f in self.files)
 
 
+_MAX_SAFE_INTEGER = 2**53 - 1
+
+
+def _is_plain(value: object) -> bool:
+    """Whether `value` holds only what json.dumps renders exactly as RFC 8785 does.
+
+    That is: str, bool, None, integers within ±(2^53 - 1), lists, and dicts whose keys sort the
+    same by code point as by UTF-16 code unit (true for any key below U+D800). Floats, and keys
+    that could sort differently, take the slow, general path.
+    """
+    kind = type(value)
+    if kind is str or kind is bool or value is None:
+        return True
+    if kind is int:
+        return -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER  # type: ignore[operator]  # kind is int
+    if kind is list:
+        return all(_is_plain(item) for item in value)  # type: ignore[attr-defined]  # kind is list
+    if kind is dict:
+        return all(
+            type(key) is str and (key.isascii() or max(key) < "\ud800") and _is_plain(item)
+            for key, item in value.items()  # type: ignore[attr-defined]  # kind is dict
+        )
+    return False
+
+
 def canonical_bytes(obj: object) -> bytes:
     """RFC 8785 (JCS) canonical UTF-8 bytes of a JSON value or a `WireModel`."""
     if isinstance(obj, WireModel):
         obj = obj.to_wire()
+    if _is_plain(obj):
+        # json.dumps escapes exactly JCS's set (quote, backslash, control characters as
+        # lowercase \u00xx) and sorts keys by code point, which `_is_plain` made equal to UTF-16
+        # order: twice as fast as the general serializer, which the ledger's append rate feels.
+        try:
+            return json.dumps(
+                obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode("utf-8")
+        except UnicodeEncodeError:
+            pass  # a lone surrogate: let the general path raise its error
     try:
         return rfc8785.dumps(obj)  # type: ignore[arg-type]  # rfc8785 rejects non-JSON values itself
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:

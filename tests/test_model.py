@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import rfc8785
 from hypothesis import given, strategies as st
 
 from exchange.errors import InvalidInputError
@@ -86,3 +87,28 @@ def test_canonical_number_forms():
         canonical_bytes({"b": 1.0, "a": 1e21, "c": "\u00e9"})
         == '{"a":1e+21,"b":1,"c":"é"}'.encode()
     )
+
+
+any_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53) + 1, 2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(), children, max_size=4)
+    ),
+    max_leaves=25,
+)
+
+
+@given(any_json)
+def test_fast_canonical_path_equals_the_general_serializer(value: object):
+    assert canonical_bytes(value) == rfc8785.dumps(value)  # type: ignore[arg-type]  # any JSON value
+
+
+def test_keys_beyond_the_bmp_sort_by_utf16_code_units():
+    # U+1F600 is D83D DE00 in UTF-16, so it sorts before U+FB01; code points say the opposite.
+    value = {"\U0001f600": 1, "\ufb01": 2}
+    assert canonical_bytes(value) == rfc8785.dumps(value)
+    assert canonical_bytes(value).startswith('{"\U0001f600"'.encode())
