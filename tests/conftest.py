@@ -14,7 +14,7 @@ import pytest
 from exchange.signing import Signer
 from exchange.trust import TrustedKey, TrustStore
 
-pytest_plugins = ["tests.ledger_fixtures"]
+pytest_plugins = ["tests.ledger_fixtures", "tests.s3server"]
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = REPO / "tests" / "vectors"

@@ -1,0 +1,478 @@
+"""`S3BlobStore`: evidence files in any S3 server, through the `minio` SDK (the only module that
+imports it).
+
+Nothing here is MinIO-specific: plain S3 calls (PUT, multipart upload, CopyObject, UploadPartCopy,
+HEAD, GET, DELETE of a version, PutObjectRetention), so Ceph RGW, Garage or AWS S3 can stand in.
+
+Upload design (a bad body must never reach the final key, where a COMPLIANCE lock would make it
+undeletable):
+
+1. HEAD ``sha256/<hex>``: if the blob is already there, the body is still read and verified (a
+   lying client still gets its `VerificationError`), nothing is written, and a missing retention
+   is re-applied (heals a crash between steps 3 and 4).
+2. Stream the body to ``staging/<uuid>`` with no retention, through `VerifyingReader` (1 MiB
+   reads from the caller, `part_size` parts, one part in memory at a time, no upload threads).
+   A short body fails mid-stream and the SDK aborts the multipart upload; after the upload an
+   extra byte means ``size_mismatch`` and a wrong digest ``hash_mismatch``.
+3. Only a verified staging version is copied server-side to the final key, pinned by its
+   version id. Up to `copy_limit` (5 GiB, the CopyObject maximum) one CopyObject carries the
+   COMPLIANCE retention headers, so the object is locked from its first instant. A server that
+   refuses lock parameters without a body checksum (moto does on every PUT, AWS words it as
+   "Content-MD5 OR x-amz-checksum- HTTP header is required") gets the copy again with
+   ``x-amz-sdk-checksum-algorithm: SHA256`` and ``x-amz-checksum-sha256`` of the (empty)
+   request body, true for any server that checks it; the store remembers that and sends them
+   from then on. Servers that do not ask (MinIO, Ceph) never see these headers. Larger blobs
+   are composed by UploadPartCopy in ranges and then locked with PutObjectRetention.
+4. When object lock is on, HEAD the new version and, if it carries no retention (some servers
+   drop lock headers on multipart copies; moto does), apply it with PutObjectRetention; if it
+   still has none, `StorageError`.
+5. Delete the staging version (by version id, so no delete marker is left behind), on success
+   and on every failure. Recommended on the bucket: a lifecycle rule expiring ``staging/`` and
+   its noncurrent versions after a day, for uploads cut off by a crash or an outage.
+
+Staging objects must be deletable, so `ensure_bucket` refuses a bucket with a *default*
+retention rule: the exchange sets retention per verified object instead.
+
+Outages: the client's urllib3 pool has short connect/read timeouts and few retries, so a dead
+endpoint raises `UnavailableError` within seconds; the same store works again once the server
+is back. The `Minio` client is thread-safe: one store may serve every request thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, NoReturn
+
+import certifi
+import urllib3
+from minio import Minio
+from minio.commonconfig import COMPLIANCE, ComposeSource, CopySource
+from minio.datatypes import Object
+from minio.error import InvalidResponseError, S3Error, ServerError
+from minio.helpers import ObjectWriteResult
+from minio.retention import Retention
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from exchange.errors import (
+    BlobNotFoundError,
+    IntegrityFailureError,
+    StorageError,
+    UnavailableError,
+)
+from exchange.storage.blobstore import (
+    CHUNK_SIZE,
+    BlobInfo,
+    Readable,
+    VerifyingReader,
+    digest_of_key,
+    key_for,
+)
+
+logger = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+MIN_PART_SIZE = 5 * MIB  # S3's minimum for every part but the last
+MAX_COPY_SIZE = 5 * 1024 * MIB  # S3's maximum for one CopyObject / UploadPartCopy
+DEFAULT_PART_SIZE = 16 * MIB  # 10,000 parts cover 156 GiB, above the 64 GiB file limit
+STAGING_PREFIX = "staging/"
+_EMPTY_BODY_SHA256 = base64.b64encode(hashlib.sha256(b"").digest()).decode()
+_LOCK_CHECKSUM_HEADERS = {
+    "x-amz-sdk-checksum-algorithm": "SHA256",
+    "x-amz-checksum-sha256": _EMPTY_BODY_SHA256,
+}
+_RETRYABLE_CODES = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError"}
+_RETRYABLE_STATUS = (500, 502, 503, 504)
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class ObjectRetention:
+    """The Object Lock retention a stored version carries."""
+
+    mode: str
+    retain_until: datetime
+
+
+class S3BlobReader:
+    """A stored object being streamed from S3; errors mid-stream raise `UnavailableError`."""
+
+    def __init__(self, response: urllib3.BaseHTTPResponse, key: str) -> None:
+        self._response = response
+        self._key = key
+
+    def read(self, n: int = CHUNK_SIZE, /) -> bytes:
+        """Up to `n` bytes (stored bytes as they are: no content decoding); b"" at the end."""
+        try:
+            data: bytes = self._response.read(n, decode_content=False)
+        except (Urllib3Error, OSError) as exc:
+            raise UnavailableError(
+                f"object store connection lost reading {self._key}: {exc}"
+            ) from exc
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(CHUNK_SIZE):
+            yield chunk
+
+    def close(self) -> None:
+        """Close the response and give its connection back to the pool."""
+        self._response.close()
+        self._response.release_conn()
+
+    def __enter__(self) -> S3BlobReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class S3BlobStore:
+    """Content-addressed blobs in one S3 bucket; see the module docstring for the design."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        access_key: str,
+        secret_key: str,
+        bucket: str,
+        secure: bool,
+        region: str | None = None,
+        object_lock: bool = False,
+        retention_days: int = 3650,
+        part_size: int = DEFAULT_PART_SIZE,
+        *,
+        copy_limit: int = MAX_COPY_SIZE,
+        connect_timeout: float = 3.0,
+        read_timeout: float = 60.0,
+        retries: int = 2,
+        pool_size: int = 16,
+        clock: Callable[[], datetime] = _utc_now,
+    ) -> None:
+        if not MIN_PART_SIZE <= part_size <= MAX_COPY_SIZE:
+            raise ValueError(f"part_size must be between {MIN_PART_SIZE} and {MAX_COPY_SIZE} bytes")
+        if not MIN_PART_SIZE <= copy_limit <= MAX_COPY_SIZE:
+            raise ValueError(
+                f"copy_limit must be between {MIN_PART_SIZE} and {MAX_COPY_SIZE} bytes"
+            )
+        if retention_days < 1:
+            raise ValueError("retention_days must be at least 1")
+        self.bucket = bucket
+        self.region = region
+        self.object_lock = object_lock
+        self.retention_days = retention_days
+        self.part_size = part_size
+        self.copy_limit = copy_limit
+        self._clock = clock
+        self._lock_needs_checksum = False
+        self._endpoint = endpoint
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
+            maxsize=pool_size,
+            cert_reqs="CERT_REQUIRED",
+            ca_certs=os.environ.get("SSL_CERT_FILE") or certifi.where(),
+            retries=urllib3.Retry(
+                total=retries,
+                connect=retries,
+                read=retries,
+                status=retries,
+                backoff_factor=0.2,
+                backoff_max=2.0,
+                status_forcelist=_RETRYABLE_STATUS,
+                raise_on_status=False,  # hand the last 5xx to the SDK, which parses its error
+                respect_retry_after_header=False,  # never sleep a server-chosen time in a request
+            ),
+        )
+        self._client = Minio(
+            endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=secure,
+            region=region,
+            http_client=http,
+        )
+
+    # -- the BlobStore contract -------------------------------------------------------------
+
+    def key_for(self, sha256: str) -> str:
+        """The content address ``sha256/<hex>``."""
+        return key_for(sha256)
+
+    def put(self, stream: Readable, *, sha256: str, size: int) -> BlobInfo:
+        """Stream a body to a staging object, verify it, then copy it (locked) to its key."""
+        body = VerifyingReader(stream, sha256=sha256, size=size)
+        info = BlobInfo(key=self.key_for(sha256), sha256=sha256, size=size)
+        existing = self._head(info.key)
+        if existing is not None:
+            body.drain()
+            body.finish()
+            self._accept_existing(info, existing)
+            return info
+        staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
+        # If the upload itself fails there is nothing to delete: the SDK aborted the multipart
+        # upload, or the single PUT was never completed. (A DELETE without a version id would
+        # only add a delete marker in a versioned bucket.)
+        with self._translated(info.key):
+            result = self._client.put_object(
+                self.bucket,
+                staging,
+                body,  # type: ignore[arg-type]  # the SDK only calls read(n)
+                length=size,
+                part_size=self.part_size,
+                num_parallel_uploads=1,  # one part in memory at a time
+            )
+        version = _real_version(result.version_id)
+        try:
+            body.finish()
+            self._publish(staging, version, info)
+        finally:
+            self._discard_staging(staging, version)
+        return info
+
+    def open(self, key: str) -> S3BlobReader:
+        """The stored object, streaming."""
+        digest_of_key(key)
+        with self._translated(key):
+            response = self._client.get_object(self.bucket, key)
+        return S3BlobReader(response, key)
+
+    def exists(self, key: str) -> bool:
+        """True if an object is stored under `key` (its latest version is not a delete marker)."""
+        return self._head(key) is not None
+
+    def stat(self, key: str) -> int:
+        """The stored size in bytes."""
+        found = self._head(key)
+        if found is None:
+            raise BlobNotFoundError(f"no blob stored under {key}")
+        return int(found.size or 0)
+
+    def delete(self, key: str) -> None:
+        """Remove every version of `key`; `StorageError` if the server refuses (object lock)."""
+        digest_of_key(key)
+        versions = self._versions(key)
+        if not versions:
+            raise BlobNotFoundError(f"no blob stored under {key}")
+        for version in versions:
+            try:
+                with self._translated(key):
+                    self._client.remove_object(self.bucket, key, version_id=version)
+            except StorageError as exc:
+                raise StorageError(
+                    f"the object store refused to delete {key} version {version} "
+                    f"(under object-lock retention?): {exc.message}"
+                ) from exc
+
+    def check(self) -> None:
+        """Raise `UnavailableError` if the server does not answer, `StorageError` if no bucket."""
+        with self._translated(None):
+            found = self._client.bucket_exists(self.bucket)
+        if not found:
+            raise StorageError(f"bucket {self.bucket!r} does not exist on {self._endpoint}")
+
+    # -- S3-specific operations -------------------------------------------------------------
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket (with Object Lock when enabled) if missing; check an existing one."""
+        with self._translated(None):
+            if not self._client.bucket_exists(self.bucket):
+                try:
+                    self._client.make_bucket(self.bucket, self.region, object_lock=self.object_lock)
+                except S3Error as exc:
+                    if exc.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                        raise
+            if self.object_lock:
+                self._check_lock_config()
+
+    def retention_of(self, key: str) -> ObjectRetention | None:
+        """The retention of the latest version of `key`, read from its HEAD response headers."""
+        found = self._head(key)
+        if found is None:
+            raise BlobNotFoundError(f"no blob stored under {key}")
+        return _retention_in(found)
+
+    def set_retention(self, key: str, retain_until: datetime) -> None:
+        """Set a COMPLIANCE retention on the latest version (servers refuse to shorten one)."""
+        digest_of_key(key)
+        with self._translated(key):
+            self._client.set_object_retention(
+                self.bucket, key, Retention(COMPLIANCE, retain_until.astimezone(UTC))
+            )
+
+    def stored_names(self, prefix: str = "") -> list[str]:
+        """Names of every object version and delete marker under `prefix` (for audits and tests)."""
+        with self._translated(None):
+            return [
+                str(found.object_name)
+                for found in self._client.list_objects(
+                    self.bucket, prefix=prefix, recursive=True, include_version=True
+                )
+            ]
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _head(self, key: str) -> Object | None:
+        digest_of_key(key)
+        try:
+            with self._translated(key):
+                return self._client.stat_object(self.bucket, key)
+        except BlobNotFoundError:
+            return None
+
+    def _accept_existing(self, info: BlobInfo, existing: Object) -> None:
+        if existing.size != info.size:
+            raise IntegrityFailureError(
+                f"stored blob {info.key} has {existing.size} bytes, the manifest says {info.size}",
+                reason="stored_size_mismatch",
+            )
+        if self.object_lock and _retention_in(existing) is None:
+            self._lock(info.key, _real_version(existing.version_id))
+
+    def _publish(self, staging: str, version: str | None, info: BlobInfo) -> None:
+        with self._translated(info.key):
+            if info.size <= self.copy_limit:
+                result = self._copy(CopySource(self.bucket, staging, version_id=version), info.key)
+            else:
+                # Beyond one CopyObject: UploadPartCopy ranges, locked afterwards in _lock.
+                sources = [
+                    ComposeSource(
+                        self.bucket,
+                        staging,
+                        version_id=version,
+                        offset=offset,
+                        length=min(self.copy_limit, info.size - offset),
+                    )
+                    for offset in range(0, info.size, self.copy_limit)
+                ]
+                result = self._client.compose_object(self.bucket, info.key, sources)
+        if self.object_lock:
+            self._lock(info.key, _real_version(result.version_id))
+
+    def _copy(self, source: CopySource, key: str) -> ObjectWriteResult:
+        """One CopyObject, locked from its first instant when object lock is on."""
+        if not self.object_lock:
+            return self._client.copy_object(self.bucket, key, source)
+        retention = self._retention()
+        if not self._lock_needs_checksum:
+            try:
+                return self._client.copy_object(self.bucket, key, source, retention=retention)
+            except S3Error as exc:
+                if not _asks_for_checksum(exc):
+                    raise
+            # Learned once per store: this server wants a checksum next to lock parameters.
+            self._lock_needs_checksum = True
+        return self._client.copy_object(
+            self.bucket, key, source, metadata=dict(_LOCK_CHECKSUM_HEADERS), retention=retention
+        )
+
+    def _lock(self, key: str, version: str | None) -> None:
+        """Make sure this version carries a retention; apply one if the server dropped it."""
+        with self._translated(key):
+            if _retention_in(self._client.stat_object(self.bucket, key, version_id=version)):
+                return
+            logger.info("applying retention to %s after the copy (server did not keep it)", key)
+            self._client.set_object_retention(
+                self.bucket, key, self._retention(), version_id=version
+            )
+            if _retention_in(self._client.stat_object(self.bucket, key, version_id=version)):
+                return
+        raise StorageError(f"the object store did not keep a retention on {key}")
+
+    def _retention(self) -> Retention:
+        return Retention(COMPLIANCE, self._clock() + timedelta(days=self.retention_days))
+
+    def _discard_staging(self, staging: str, version: str | None) -> None:
+        """Best effort: a leftover is only ever under staging/, never readable as a blob."""
+        try:
+            with self._translated(staging):
+                self._client.remove_object(self.bucket, staging, version_id=version)
+        except (StorageError, UnavailableError) as exc:
+            logger.warning("could not remove staging object %s: %s", staging, exc)
+
+    def _versions(self, key: str) -> list[str | None]:
+        with self._translated(key):
+            return [
+                _real_version(found.version_id)
+                for found in self._client.list_objects(
+                    self.bucket, prefix=key, recursive=True, include_version=True
+                )
+                if found.object_name == key
+            ]
+
+    def _check_lock_config(self) -> None:
+        try:
+            config = self._client.get_object_lock_config(self.bucket)
+        except S3Error as exc:
+            if exc.code == "ObjectLockConfigurationNotFoundError":
+                raise StorageError(
+                    f"bucket {self.bucket!r} exists without Object Lock, which cannot be added "
+                    "later on every S3 server: use a new bucket"
+                ) from exc
+            raise
+        if config.mode is not None:
+            raise StorageError(
+                f"bucket {self.bucket!r} has a default retention rule ({config.mode}); it would lock "
+                "unverified staging uploads: remove it (the exchange locks each verified object)"
+            )
+
+    @contextmanager
+    def _translated(self, key: str | None) -> Iterator[None]:
+        """Turn SDK and transport errors into the exchange's storage errors."""
+        try:
+            yield
+        except S3Error as exc:
+            _raise_s3_error(exc, key, self.bucket)
+        except ServerError as exc:
+            status = exc.status_code
+            if status in _RETRYABLE_STATUS:
+                raise UnavailableError(f"object store answered HTTP {status}") from exc
+            raise StorageError(f"object store answered HTTP {status}") from exc
+        except InvalidResponseError as exc:
+            # A non-S3 answer (e.g. a proxy's HTML 502 page) while the server behind is down.
+            raise UnavailableError(f"object store gave an invalid response: {exc}") from exc
+        except (Urllib3Error, OSError) as exc:
+            raise UnavailableError(f"object store at {self._endpoint} unreachable: {exc}") from exc
+
+
+def _raise_s3_error(exc: S3Error, key: str | None, bucket: str) -> NoReturn:
+    code = exc.code or ""
+    if code in ("NoSuchKey", "NoSuchVersion") and key is not None:
+        raise BlobNotFoundError(f"no blob stored under {key}") from exc
+    if code in _RETRYABLE_CODES:
+        raise UnavailableError(f"object store is busy or failing ({code})") from exc
+    where = f" on {key}" if key else ""
+    raise StorageError(
+        f"object store error{where} in bucket {bucket!r}: {code}: {exc.message}"
+    ) from exc
+
+
+def _asks_for_checksum(exc: S3Error) -> bool:
+    """True for the refusals of lock parameters without a body checksum (moto, AWS wording)."""
+    message = (exc.message or "").lower()
+    return exc.code == "MissingUploadObjectWithObjectLockHeaders" or (
+        exc.code == "InvalidRequest" and ("content-md5" in message or "checksum" in message)
+    )
+
+
+def _real_version(version: str | None) -> str | None:
+    """A version id to pin, or None: "null" (unversioned bucket) is pinned by asking for none."""
+    return None if version in (None, "", "null") else version
+
+
+def _retention_in(found: Object) -> ObjectRetention | None:
+    headers: dict[str, Any] = {k.lower(): v for k, v in (found.metadata or {}).items()}
+    mode = headers.get("x-amz-object-lock-mode")
+    until = headers.get("x-amz-object-lock-retain-until-date")
+    if not mode or not until:
+        return None
+    return ObjectRetention(mode=str(mode), retain_until=datetime.fromisoformat(str(until)))
