@@ -7,12 +7,12 @@ import sys
 from collections.abc import Sequence
 
 from exchange import __version__
-from exchange.cli import keys, ledger, package
+from exchange.cli import admin, client, custody, demo, keys, ledger, package, serve
 from exchange.cli.output import CommandError, fail
 
 # NOTE: add a command group by writing exchange/cli/<group>.py with `register(subparsers)`
 # and naming it here.
-GROUPS = (keys, package, ledger)
+GROUPS = (keys, package, ledger, client, custody, demo, serve, admin)
 
 
 def build_parser() -> argparse.ArgumentParser:

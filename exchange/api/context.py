@@ -1,0 +1,29 @@
+"""The resources one running app holds, built once by the lifespan in `exchange.api.app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+
+from exchange.api.metrics import Metrics
+from exchange.auth import TokenIssuer, TokenVerifier
+from exchange.ledger.signer import LogSigner
+from exchange.service.packages import Limits
+from exchange.settings import Settings
+from exchange.storage.blobstore import BlobStore
+
+
+@dataclass(frozen=True)
+class AppContext:
+    """Everything the routes need, typed; stored on `app.state.context`."""
+
+    settings: Settings
+    engine: Engine
+    store: BlobStore
+    log: LogSigner
+    issuer: TokenIssuer
+    verifier: TokenVerifier
+    token_endpoint: str
+    limits: Limits
+    metrics: Metrics

@@ -1,0 +1,53 @@
+"""Cases: open, list, read."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
+from exchange.service import cases
+
+router = APIRouter(prefix="/v1/cases", tags=["cases"])
+
+
+class NewCase(BaseModel):
+    """Body of POST /v1/cases."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    case_ref: str
+    title: str
+    classification: str
+
+
+@router.post("", status_code=201, response_model=None)
+def create_case(
+    body: NewCase, context: ContextDep, session: SessionDep, principal: PrincipalDep, now: NowDep
+) -> JSONResponse:
+    """Open a case owned by the caller's agency."""
+    case = cases.open_case(
+        session, log=context.log, principal=principal, now=now, **body.model_dump()
+    )
+    document = cases.case_document(case)
+    return JSONResponse(document, status_code=201, headers={"Location": f"/v1/cases/{case.id}"})
+
+
+@router.get("")
+def list_cases(session: SessionDep, principal: PrincipalDep, now: NowDep) -> dict[str, Any]:
+    """The cases the caller may see."""
+    rows = cases.list_cases(session, principal=principal, now=now)
+    return {"cases": [cases.case_document(r) for r in rows]}
+
+
+@router.get("/{case_id}")
+def get_case(
+    case_id: str, session: SessionDep, principal: PrincipalDep, now: NowDep
+) -> dict[str, Any]:
+    """One case (404 if it does not exist or the caller may not see it)."""
+    return cases.case_document(
+        cases.get_case(session, principal=principal, now=now, case_id=case_id)
+    )

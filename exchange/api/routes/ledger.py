@@ -1,0 +1,45 @@
+"""The custody ledger for auditors: key, checkpoint, entries with proofs, consistency."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
+from exchange.service import ledger
+
+router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+
+
+@router.get("/key")
+def get_ledger_key(context: ContextDep) -> dict[str, str]:
+    """The ledger's public key (PEM) and C2SP verifier key: pin it to verify offline."""
+    return ledger.ledger_key(context.log)
+
+
+@router.get("/checkpoint")
+def get_checkpoint(session: SessionDep) -> dict[str, Any]:
+    """The latest signed checkpoint."""
+    return ledger.checkpoint(session)
+
+
+@router.get("/entries/{seq}")
+def get_entry(
+    seq: int,
+    session: SessionDep,
+    principal: PrincipalDep,
+    now: NowDep,
+) -> dict[str, Any]:
+    """One entry with its inclusion proof (schemas/proof.v1.json)."""
+    return ledger.entry_proof(session, principal=principal, now=now, seq=seq)
+
+
+@router.get("/consistency")
+def get_consistency(
+    session: SessionDep,
+    old: Annotated[int, Query(ge=1)],
+    new: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """The consistency proof from tree size `old` to `new` (default: the latest checkpoint)."""
+    return ledger.consistency(session, old=old, new=new)

@@ -1,0 +1,170 @@
+"""Packages: register a signed manifest, stream files in, seal; list, read, stream files out."""
+
+from __future__ import annotations
+
+import base64
+from functools import partial
+from typing import Any
+
+import anyio.to_thread
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from exchange.api.bodies import ThreadedBodyReader
+from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
+from exchange.errors import InvalidInputError
+from exchange.service import fetch, packages
+
+router = APIRouter(prefix="/v1/cases/{case_id}/packages", tags=["packages"])
+
+
+class NewPackage(BaseModel):
+    """Body of POST /v1/cases/{id}/packages: the manifest object and its detached JWS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    manifest: dict[str, Any]
+    jws: str
+
+
+def content_length(request: Request) -> int | None:
+    """The declared body length, if any; `InvalidInputError` if malformed."""
+    raw = request.headers.get("content-length")
+    if raw is None:
+        return None
+    if not raw.isdigit():
+        raise InvalidInputError("Content-Length is not a number")
+    return int(raw)
+
+
+@router.post("", status_code=201, response_model=None)
+def register_package(
+    case_id: str,
+    body: NewPackage,
+    context: ContextDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    now: NowDep,
+) -> JSONResponse:
+    """Register a signed package; answers the files still expected (201, or 200 on a retry)."""
+    registration = packages.register_package(
+        session,
+        store=context.store,
+        log=context.log,
+        principal=principal,
+        now=now,
+        case_id=case_id,
+        manifest=body.manifest,
+        jws=body.jws,
+        limits=context.limits,
+    )
+    status = 201 if registration.created else 200
+    return JSONResponse(packages.registration_document(registration), status_code=status)
+
+
+_RAW_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
+
+@router.put("/{package_id}/files/{path:path}", response_model=None, openapi_extra=_RAW_BODY)
+async def put_file(
+    case_id: str,
+    package_id: str,
+    path: str,
+    request: Request,
+    context: ContextDep,
+    principal: PrincipalDep,
+    now: NowDep,
+) -> JSONResponse:
+    """Stream one file's bytes into storage (201 stored, 200 already stored)."""
+    upload = partial(
+        packages.upload_file,
+        context.engine,
+        store=context.store,
+        principal=principal,
+        now=now,
+        case_id=case_id,
+        package_id=package_id,
+        path=path,
+        body=ThreadedBodyReader(request.stream()),
+        content_length=content_length(request),
+        limits=context.limits,
+    )
+    row, stored = await anyio.to_thread.run_sync(upload)
+    if stored:
+        context.metrics.evidence_bytes.labels("in").inc(row.size)
+    return JSONResponse(packages.file_document(row), status_code=201 if stored else 200)
+
+
+@router.post("/{package_id}/seal")
+def seal_package(
+    case_id: str,
+    package_id: str,
+    context: ContextDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    now: NowDep,
+) -> dict[str, Any]:
+    """Seal a package whose every file is stored."""
+    row = packages.seal_package(
+        session,
+        store=context.store,
+        log=context.log,
+        principal=principal,
+        now=now,
+        case_id=case_id,
+        package_id=package_id,
+    )
+    return packages.package_summary(row)
+
+
+@router.get("")
+def list_packages(
+    case_id: str, session: SessionDep, principal: PrincipalDep, now: NowDep
+) -> dict[str, Any]:
+    """The packages of a case the caller may see (unsealed ones only to their uploader)."""
+    rows = packages.list_packages(session, principal=principal, now=now, case_id=case_id)
+    return {"packages": [packages.package_summary(r) for r in rows]}
+
+
+@router.get("/{package_id}")
+def get_package(
+    case_id: str, package_id: str, session: SessionDep, principal: PrincipalDep, now: NowDep
+) -> dict[str, Any]:
+    """One package: manifest, JWS, signer key and files."""
+    return packages.get_package(
+        session, principal=principal, now=now, case_id=case_id, package_id=package_id
+    )
+
+
+@router.get("/{package_id}/files/{path:path}", response_model=None)
+async def get_file(
+    case_id: str,
+    package_id: str,
+    path: str,
+    context: ContextDep,
+    principal: PrincipalDep,
+    now: NowDep,
+) -> StreamingResponse:
+    """Stream one file of a sealed package, re-hashed on the way; aborted if it no longer matches."""
+    opening = partial(
+        fetch.open_file,
+        context.engine,
+        store=context.store,
+        log=context.log,
+        principal=principal,
+        now=now,
+        case_id=case_id,
+        package_id=package_id,
+        path=path,
+    )
+    download = await anyio.to_thread.run_sync(opening)
+    context.metrics.evidence_bytes.labels("out").inc(download.size)
+    digest = base64.b64encode(bytes.fromhex(download.sha256)).decode()
+    headers = {"Content-Length": str(download.size), "Repr-Digest": f"sha-256=:{digest}:"}
+    return StreamingResponse(download.chunks, media_type=download.media_type, headers=headers)

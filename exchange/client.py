@@ -1,0 +1,304 @@
+"""HTTP client of the exchange API for the CLI: private_key_jwt login, problem errors, streaming.
+
+Speaks only HTTP (httpx) and the core; it knows nothing of the server's storage or database.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote
+
+import httpx
+import jwt
+
+from exchange.signing import Signer
+
+CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+CHUNK_SIZE = 1024 * 1024
+
+
+class ClientError(Exception):
+    """The server answered with an error (an RFC 9457 problem where it could)."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(f"{status} {code}: {detail}")
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+def make_client_assertion(
+    *, client_id: str, signer: Signer, audience: str, lifetime_seconds: int = 120
+) -> str:
+    """An RFC 7523 client assertion: iss = sub = client id, aud = the token endpoint, fresh jti."""
+    now = int(time.time())
+    claims = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": audience,
+        "iat": now,
+        "exp": now + lifetime_seconds,
+        "jti": str(uuid.uuid4()),
+    }
+    return jwt.encode(
+        claims, signer.private_key, algorithm=signer.algorithm, headers={"kid": signer.key_id}
+    )
+
+
+def raise_for_problem(response: httpx.Response) -> None:
+    """Raise `ClientError` for any 4xx/5xx, reading the problem document when there is one."""
+    if response.status_code < 400:
+        return
+    code, detail = "error", response.reason_phrase
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        code = str(body.get("code") or body.get("error") or code)
+        detail = str(body.get("detail") or body.get("error_description") or detail)
+    raise ClientError(response.status_code, code, detail)
+
+
+@dataclass
+class ExchangeClient:
+    """A logged-in session against one exchange: fetches and renews its access token itself."""
+
+    base_url: str
+    client_id: str
+    signer: Signer
+    http: httpx.Client = field(
+        default_factory=lambda: httpx.Client(timeout=httpx.Timeout(30.0, read=300.0))
+    )
+    _token: str | None = None
+    _token_expires: float = 0.0
+
+    @property
+    def token_endpoint(self) -> str:
+        """Absolute URL of POST /v1/token (also the assertion's audience)."""
+        return self.base_url.rstrip("/") + "/v1/token"
+
+    def login(self) -> dict[str, Any]:
+        """Exchange a signed client assertion for an access token; returns the token response."""
+        assertion = make_client_assertion(
+            client_id=self.client_id, signer=self.signer, audience=self.token_endpoint
+        )
+        response = self.http.post(
+            self.token_endpoint,
+            data={
+                "grant_type": "client_credentials",
+                "client_id": self.client_id,
+                "client_assertion_type": CLIENT_ASSERTION_TYPE,
+                "client_assertion": assertion,
+            },
+        )
+        raise_for_problem(response)
+        body: dict[str, Any] = response.json()
+        self._token = body["access_token"]
+        self._token_expires = time.monotonic() + float(body.get("expires_in", 60)) - 30
+        return body
+
+    def _auth(self) -> dict[str, str]:
+        if self._token is None or time.monotonic() >= self._token_expires:
+            self.login()
+        return {"Authorization": f"Bearer {self._token}"}
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """An authorized request; raises `ClientError` on an error answer."""
+        headers = {**self._auth(), **kwargs.pop("headers", {})}
+        response = self.http.request(
+            method, self.base_url.rstrip("/") + path, headers=headers, **kwargs
+        )
+        raise_for_problem(response)
+        return response
+
+    def get_json(self, path: str, **kwargs: Any) -> Any:
+        """GET and parse JSON."""
+        return self.request("GET", path, **kwargs).json()
+
+    def post_json(self, path: str, body: Mapping[str, Any]) -> Any:
+        """POST a JSON body and parse the JSON answer."""
+        return self.request("POST", path, json=dict(body)).json()
+
+    def put_file(
+        self, path: str, source: Path, *, on_bytes: Callable[[int], None] | None = None
+    ) -> Any:
+        """PUT a file as a streamed body (constant memory), reporting progress."""
+        return self.put_stream(
+            path, lambda: source.open("rb"), source.stat().st_size, on_bytes=on_bytes
+        )
+
+    def put_stream(
+        self,
+        path: str,
+        opener: Callable[[], BinaryIO],
+        size: int,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Any:
+        """PUT `size` bytes read from a fresh `opener()` stream, in chunks, reporting progress."""
+
+        def chunks() -> Iterator[bytes]:
+            with opener() as f:
+                while chunk := f.read(CHUNK_SIZE):
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+                    yield chunk
+
+        headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
+        response = self.request("PUT", path, content=chunks(), headers=headers)
+        return response.json() if response.content else None
+
+    def download(
+        self, path: str, sink: BinaryIO, *, on_bytes: Callable[[int], None] | None = None
+    ) -> int:
+        """Stream a GET body into `sink`; returns the byte count.
+
+        A body cut short by the server (it aborts a stream whose stored bytes no longer match)
+        raises `ClientError` with code ``stream_aborted``.
+        """
+        total = 0
+        url = self.base_url.rstrip("/") + path
+        try:
+            with self.http.stream("GET", url, headers=self._auth()) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_problem(response)
+                for chunk in response.iter_bytes(CHUNK_SIZE):
+                    sink.write(chunk)
+                    total += len(chunk)
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
+            raise ClientError(0, "stream_aborted", str(exc)) from exc
+        return total
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self.http.close()
+
+    def __enter__(self) -> ExchangeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ the API, one call each
+
+    def create_case(self, *, case_ref: str, title: str, classification: str) -> dict[str, Any]:
+        """POST /v1/cases; returns the created case."""
+        body = {"case_ref": case_ref, "title": title, "classification": classification}
+        created: dict[str, Any] = self.post_json("/v1/cases", body)
+        return created
+
+    def list_cases(self) -> list[dict[str, Any]]:
+        """GET /v1/cases: the cases this client may see."""
+        return _items(self.get_json("/v1/cases"), "cases")
+
+    def get_case(self, case_id: str) -> dict[str, Any]:
+        """GET /v1/cases/{id}."""
+        case: dict[str, Any] = self.get_json(f"/v1/cases/{_seg(case_id)}")
+        return case
+
+    def register_package(self, case_id: str, *, manifest: Mapping[str, Any], jws: str) -> Any:
+        """POST /v1/cases/{id}/packages with the signed manifest; returns the server's answer."""
+        return self.post_json(
+            f"/v1/cases/{_seg(case_id)}/packages", {"manifest": dict(manifest), "jws": jws}
+        )
+
+    def upload_file(
+        self,
+        case_id: str,
+        package_id: str,
+        path: str,
+        source: Path,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> Any:
+        """PUT one evidence file of a registered package, streamed."""
+        return self.put_file(file_url(case_id, package_id, path), source, on_bytes=on_bytes)
+
+    def seal_package(self, case_id: str, package_id: str) -> Any:
+        """POST .../packages/{pid}/seal."""
+        return self.request(
+            "POST", f"/v1/cases/{_seg(case_id)}/packages/{_seg(package_id)}/seal"
+        ).json()
+
+    def list_packages(self, case_id: str) -> list[dict[str, Any]]:
+        """GET /v1/cases/{id}/packages."""
+        return _items(self.get_json(f"/v1/cases/{_seg(case_id)}/packages"), "packages")
+
+    def get_package(self, case_id: str, package_id: str) -> dict[str, Any]:
+        """GET /v1/cases/{id}/packages/{pid}: the manifest and its JWS."""
+        package: dict[str, Any] = self.get_json(
+            f"/v1/cases/{_seg(case_id)}/packages/{_seg(package_id)}"
+        )
+        return package
+
+    def download_file(
+        self,
+        case_id: str,
+        package_id: str,
+        path: str,
+        sink: BinaryIO,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> int:
+        """GET one evidence file into `sink`."""
+        return self.download(file_url(case_id, package_id, path), sink, on_bytes=on_bytes)
+
+    def add_grant(self, case_id: str, grant: Mapping[str, Any]) -> dict[str, Any]:
+        """POST /v1/cases/{id}/grants."""
+        created: dict[str, Any] = self.post_json(f"/v1/cases/{_seg(case_id)}/grants", grant)
+        return created
+
+    def revoke_grant(self, case_id: str, grant_id: str) -> Any:
+        """DELETE /v1/cases/{id}/grants/{gid}."""
+        response = self.request("DELETE", f"/v1/cases/{_seg(case_id)}/grants/{_seg(grant_id)}")
+        return response.json() if response.content else None
+
+    def list_grants(self, case_id: str) -> list[dict[str, Any]]:
+        """GET /v1/cases/{id}/grants (the case owner only)."""
+        return _items(self.get_json(f"/v1/cases/{_seg(case_id)}/grants"), "grants")
+
+    def ledger_key(self) -> dict[str, Any]:
+        """GET /v1/ledger/key; see `get_ledger_key`."""
+        return get_ledger_key(self.base_url, http=self.http)
+
+    def custody(self, case_id: str) -> dict[str, Any]:
+        """GET /v1/cases/{id}/custody: the custody bundle."""
+        bundle: dict[str, Any] = self.get_json(f"/v1/cases/{_seg(case_id)}/custody")
+        return bundle
+
+
+def get_ledger_key(base_url: str, *, http: httpx.Client | None = None) -> dict[str, Any]:
+    """GET /v1/ledger/key (no login needed): origin, public_key_pem and the C2SP vkey."""
+    url = base_url.rstrip("/") + "/v1/ledger/key"
+    response = http.get(url) if http is not None else httpx.get(url, timeout=30.0)
+    raise_for_problem(response)
+    key: dict[str, Any] = response.json()
+    return key
+
+
+def _seg(value: str) -> str:
+    """One URL path segment, percent-encoded."""
+    return quote(value, safe="")
+
+
+def file_url(case_id: str, package_id: str, path: str) -> str:
+    """The API path of one evidence file of a package."""
+    return f"/v1/cases/{_seg(case_id)}/packages/{_seg(package_id)}/files/{quote(path, safe='/')}"
+
+
+def _items(body: Any, key: str) -> list[dict[str, Any]]:
+    """A list answer, whether bare or wrapped as {key: [...]}/{"items": [...]}."""
+    if isinstance(body, dict):
+        body = body.get(key, body.get("items"))
+    if not isinstance(body, list):
+        raise ClientError(0, "bad_response", f"expected a list of {key} from the server")
+    return body

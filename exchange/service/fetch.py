@@ -1,0 +1,235 @@
+"""Fetching evidence: authorize, record `bundle.fetched` before the first byte, stream re-hashing.
+
+The stored object is checked twice: its size before anything is recorded or sent (a swapped
+object of another size is refused up front), and its SHA-256 while streaming, holding back the
+last chunk until the digest matches, so a client never receives a complete wrong body. Either
+mismatch writes `integrity.failure` in a transaction of its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from exchange.errors import BlobNotFoundError, IntegrityFailureError, NotFoundError
+from exchange.grants import check_scope
+from exchange.ledger.entry import Action, NewEntry
+from exchange.ledger.signer import LogSigner
+from exchange.model import Principal
+from exchange.package import check_path
+from exchange.service.access import actor_of, readable_case
+from exchange.service.packages import SEALED, visible_package
+from exchange.storage import ledger_store
+from exchange.storage.blobstore import BlobReader, BlobStore
+from exchange.storage.db import session_scope
+from exchange.storage.tables import PackageFileRow
+
+CHUNK_SIZE = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    """One file on its way out: what it should be, and the verified byte stream."""
+
+    case_id: str
+    package_id: str
+    path: str
+    size: int
+    sha256: str
+    media_type: str
+    chunks: Iterator[bytes]
+
+
+@dataclass(frozen=True)
+class _Target:
+    case_id: str
+    package_id: str
+    path: str
+    size: int
+    sha256: str
+    media_type: str
+    blob_key: str
+
+
+class _StoredObjectMismatchError(Exception):
+    def __init__(self, reason: str, found: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.found = found
+
+
+def _fetchable(
+    session: Session, principal: Principal, now: datetime, case_id: str, package_id: str, path: str
+) -> _Target:
+    case = readable_case(session, principal, case_id, now=now)
+    package = visible_package(session, principal, case, package_id)
+    if package.state != SEALED:
+        raise NotFoundError("package not found")
+    check_scope(principal, "evidence:read")
+    check_path(path)
+    row = session.get(PackageFileRow, (package.id, path))
+    if row is None:
+        raise NotFoundError(f"package {package.id} has no file {path!r}")
+    return _Target(
+        case_id=case.id,
+        package_id=package.id,
+        path=row.path,
+        size=row.size,
+        sha256=row.sha256,
+        media_type=row.media_type,
+        blob_key=row.blob_key,
+    )
+
+
+def record_integrity_failure(
+    engine: Engine,
+    *,
+    log: LogSigner,
+    principal: Principal,
+    now: datetime,
+    case_id: str,
+    package_id: str,
+    path: str,
+    reason: str,
+    expected: str,
+    found: str,
+) -> None:
+    """Write `integrity.failure` in a transaction of its own, committed at once."""
+    with session_scope(engine) as session:
+        ledger_store.append(
+            session,
+            NewEntry(
+                actor=actor_of(principal),
+                action=Action.INTEGRITY_FAILURE,
+                case_id=case_id,
+                package_id=package_id,
+                details={"path": path, "reason": reason, "expected": expected, "found": found},
+            ),
+            log=log,
+            now=now,
+        )
+
+
+def open_file(
+    engine: Engine,
+    *,
+    store: BlobStore,
+    log: LogSigner,
+    principal: Principal,
+    now: datetime,
+    case_id: str,
+    package_id: str,
+    path: str,
+) -> FileDownload:
+    """Authorize a fetch, check the stored size, commit `bundle.fetched`, open the stream.
+
+    Raises `NotFoundError` for anything the caller may not see, `IntegrityFailureError` (after
+    recording it) when the stored object is missing or of another size.
+    """
+    reader: BlobReader | None = None
+    try:
+        with session_scope(engine) as session:
+            target = _fetchable(session, principal, now, case_id, package_id, path)
+            try:
+                stored = store.stat(target.blob_key)
+            except BlobNotFoundError:
+                raise _StoredObjectMismatchError("object_missing", "no object") from None
+            if stored != target.size:
+                raise _StoredObjectMismatchError("size_mismatch", f"{stored} bytes")
+            # Opened before the entry commits: a store that fails here records no fetch.
+            reader = store.open(target.blob_key)
+            ledger_store.append(
+                session,
+                NewEntry(
+                    actor=actor_of(principal),
+                    action=Action.BUNDLE_FETCHED,
+                    case_id=target.case_id,
+                    package_id=target.package_id,
+                    details={"files": [target.path], "file_count": 1, "bytes": target.size},
+                ),
+                log=log,
+                now=now,
+            )
+    except _StoredObjectMismatchError as exc:
+        expected = f"{target.size} bytes"
+        raise _failure(
+            engine, log, principal, now, target, exc.reason, expected, exc.found
+        ) from None
+    except BaseException:
+        if reader is not None:
+            reader.close()
+        raise
+
+    def fail(reason: str, expected: str, found: str) -> IntegrityFailureError:
+        return _failure(engine, log, principal, now, target, reason, expected, found)
+
+    return FileDownload(
+        case_id=target.case_id,
+        package_id=target.package_id,
+        path=target.path,
+        size=target.size,
+        sha256=target.sha256,
+        media_type=target.media_type,
+        chunks=_verified_chunks(reader, target, fail),
+    )
+
+
+def _failure(
+    engine: Engine,
+    log: LogSigner,
+    principal: Principal,
+    now: datetime,
+    target: _Target,
+    reason: str,
+    expected: str,
+    found: str,
+) -> IntegrityFailureError:
+    record_integrity_failure(
+        engine,
+        log=log,
+        principal=principal,
+        now=now,
+        case_id=target.case_id,
+        package_id=target.package_id,
+        path=target.path,
+        reason=reason,
+        expected=expected,
+        found=found,
+    )
+    return IntegrityFailureError(
+        f"stored bytes of {target.path} no longer match the sealed manifest ({reason}); "
+        "the fetch was refused and the failure recorded in the ledger",
+        reason=reason,
+        path=target.path,
+    )
+
+
+def _verified_chunks(
+    reader: BlobReader,
+    target: _Target,
+    fail: Callable[[str, str, str], IntegrityFailureError],
+) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    total = 0
+    pending = b""
+    with reader:
+        while chunk := reader.read(CHUNK_SIZE):
+            total += len(chunk)
+            if total > target.size:
+                raise fail("size_mismatch", f"{target.size} bytes", f"more than {target.size}")
+            digest.update(chunk)
+            if pending:
+                yield pending
+            pending = chunk
+    if total != target.size:
+        raise fail("size_mismatch", f"{target.size} bytes", f"{total} bytes")
+    if digest.hexdigest() != target.sha256:
+        raise fail("hash_mismatch", target.sha256, digest.hexdigest())
+    # The last chunk goes out only once the whole object hashed to the sealed digest.
+    if pending:
+        yield pending

@@ -1,0 +1,83 @@
+"""The one error mapping: every domain error has a status and an RFC 9457 problem document."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy.exc import OperationalError
+
+from exchange import errors as domain
+from exchange.api import errors
+from exchange.api.app import create_app
+from exchange.settings import Settings
+
+
+def all_subclasses(cls: type) -> set[type]:
+    found: set[type] = set(cls.__subclasses__())
+    for sub in list(found):
+        found |= all_subclasses(sub)
+    return found
+
+
+def test_every_exchange_error_subclass_is_mapped():
+    declared = {
+        obj
+        for _, obj in inspect.getmembers(domain, inspect.isclass)
+        if issubclass(obj, domain.ExchangeError)
+    }
+    classes = declared | all_subclasses(domain.ExchangeError) | {domain.ExchangeError}
+    missing = sorted(c.__name__ for c in classes if c not in errors.STATUS)
+    assert missing == []
+
+
+def _instance(cls: type[domain.ExchangeError]) -> domain.ExchangeError:
+    if issubclass(cls, domain.VerificationError):
+        return cls("it does not hold", reason="bad_signature", path="a/b.bin")
+    return cls("something happened")
+
+
+@pytest.mark.parametrize("cls", sorted(errors.STATUS, key=str))
+def test_each_error_becomes_a_problem_document(cls):
+    response = errors.exchange_error_response(_instance(cls))
+    assert response.status_code == errors.STATUS[cls]
+    assert response.media_type == "application/problem+json"
+    body = bytes(response.body).decode()
+    assert f'"type":"https://evidence-exchange.example/problems/{cls.code}"' in body
+    assert f'"code":"{cls.code}"' in body
+    if cls is domain.UnavailableError:
+        assert response.headers["retry-after"] == "5"
+
+
+def test_statuses_of_the_important_errors():
+    assert errors.STATUS[domain.PayloadTooLargeError] == 413
+    assert errors.STATUS[domain.UnavailableError] == 503
+    assert errors.STATUS[domain.NotFoundError] == 404
+    assert errors.STATUS[domain.UnauthenticatedError] == 401
+
+
+def test_unknown_errors_stay_500_and_database_outages_are_503(tmp_path, caplog):
+    app = create_app(Settings(data_dir=tmp_path))
+
+    def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    def db_down() -> None:
+        raise OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    app.add_api_route("/boom", boom)
+    app.add_api_route("/db", db_down)
+    http = TestClient(app, raise_server_exceptions=False)  # no lifespan needed
+    response = http.get("/boom")
+    assert response.status_code == 500
+    assert "secret internals" not in response.text
+    assert response.json()["code"] == "internal_error"
+    assert "RuntimeError" in caplog.text
+    down = http.get("/db")
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "5"
+    assert down.json()["code"] == "unavailable"
+    missing = http.get("/no/such/route")
+    assert missing.status_code == 404
+    assert missing.json()["type"].endswith("/not_found")
