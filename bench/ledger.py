@@ -163,7 +163,7 @@ def main() -> None:
     )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
-    print(f"python {sys.version.split()[0]}, SQLite via SQLAlchemy (WAL, synchronous=NORMAL)")
+    print(f"python {sys.version.split()[0]}, SQLite via SQLAlchemy (WAL, synchronous=FULL)")
     with tempfile.TemporaryDirectory(prefix="bench-ledger-", dir=args.workdir) as tmp:
         work = Path(tmp)
         for n in (int(s) for s in args.sizes.split(",")):
