@@ -19,10 +19,18 @@ def _engine() -> Engine:
     return create_engine(url)
 
 
+# pg_advisory_xact_lock key: replicas starting together migrate one after another.
+MIGRATION_LOCK_KEY = 0x65786368616E6765  # "exchange"
+
+
 def run_migrations_online() -> None:
     with _engine().connect() as connection:
         context.configure(connection=connection, target_metadata=None, render_as_batch=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Taken before Alembic reads the version table, and released at commit, so a
+                # second node waits, then finds the schema at head and does nothing.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_KEY})")
             context.run_migrations()
         connection.commit()
 
