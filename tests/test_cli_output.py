@@ -21,3 +21,12 @@ def test_slow_work_starts_a_bar_on_stderr(monkeypatch: pytest.MonkeyPatch):
         assert progress._progress.console is output.stderr
         task = progress._progress.tasks[0]
         assert (task.description, task.completed, task.total) == ("hashing", 40, 100)
+
+
+def test_messages_are_never_read_as_markup(capsys: pytest.CaptureFixture[str]):
+    assert output.fail("file [red]x[/] and [/unbalanced] kept as given") == 1
+    assert (
+        capsys.readouterr().err.strip() == "error: file [red]x[/] and [/unbalanced] kept as given"
+    )
+    output.stdout.print("case ref [bold]TH-1[/bold]")
+    assert capsys.readouterr().out.strip() == "case ref [bold]TH-1[/bold]"

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
+from rich.markup import escape
 
 from exchange.cli.output import CommandError, DelayedProgress, print_json, stderr, stdout
 from exchange.cli.profile import Profile
@@ -627,8 +628,8 @@ def fetch_command(args: argparse.Namespace) -> int:
         say(f"case {args.case} has no sealed package you may see")
     for p in fetched:
         stdout.print(
-            f"[bold green]VERIFIED[/] package {p.package_id} from {p.agency}: "
-            f"{p.file_count} files, {p.total_bytes} bytes, signed by key {p.signer_key_id}",
+            f"[bold green]VERIFIED[/] package {escape(p.package_id)} from {escape(p.agency)}: "
+            f"{p.file_count} files, {p.total_bytes} bytes, signed by key {escape(p.signer_key_id)}",
             markup=True,
         )
         say(f"  {p.folder}")

@@ -11,6 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
+
 from exchange.cli.client import add_profile, say, session
 from exchange.cli.output import CommandError, DelayedProgress, print_json, stdout
 from exchange.custody import CustodyReport, timeline_lines, verify_bundle
@@ -165,7 +167,7 @@ def _file_bytes(bundle: Any) -> int:
 def print_report(report: CustodyReport) -> None:
     """The court-readable summary and timeline."""
     root = base64.b64encode(report.root_hash).decode()
-    stdout.print(f"[bold green]VERIFIED[/] custody of case {report.case_id}", markup=True)
+    stdout.print(f"[bold green]VERIFIED[/] custody of case {escape(report.case_id)}", markup=True)
     say(f"  ledger    {report.origin}, tree size {report.tree_size}, root {root}")
     say(f"  entries   {len(report.events)}, each proved against that one signed checkpoint")
     say(

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.cli.output import CommandError, print_json, stdout
@@ -106,7 +107,7 @@ def verify_command(args: argparse.Namespace) -> int:
         engine.dispose()
     elapsed = time.perf_counter() - started
     root = base64.b64encode(summary.root_hash).decode()
-    stdout.print(f"[bold green]VERIFIED[/] ledger {verifier.origin}", markup=True)
+    stdout.print(f"[bold green]VERIFIED[/] ledger {escape(str(verifier.origin))}", markup=True)
     stdout.print(f"  entries        {summary.entries}")
     stdout.print(f"  tree size      {summary.size}")
     stdout.print(f"  root           {root}")
@@ -146,7 +147,7 @@ def check_proof_command(args: argparse.Namespace) -> int:
         raise CommandError(f"proof rejected: {exc.message}") from exc
     e = proved.entry
     stdout.print(
-        f"[bold green]PROVED[/] entry {e.seq} is in ledger {proved.origin} "
+        f"[bold green]PROVED[/] entry {e.seq} is in ledger {escape(proved.origin)} "
         f"at tree size {proved.tree_size}",
         markup=True,
     )

@@ -9,6 +9,7 @@ from types import TracebackType
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -18,8 +19,10 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+# markup=False: case refs, file names and messages are printed as given, never read as rich
+# markup (a name holding "[red]" would be mangled, and an unbalanced "[/x]" would crash).
+stdout = Console(highlight=False, soft_wrap=True, markup=False)
+stderr = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 
 class CommandError(Exception):
@@ -33,7 +36,7 @@ class CommandError(Exception):
 
 def fail(message: str, *, code: int = 1) -> int:
     """Print `error: message` to stderr and return `code`."""
-    stderr.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    stderr.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
     return code
 
 
