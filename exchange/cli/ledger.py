@@ -107,7 +107,10 @@ def verify_command(args: argparse.Namespace) -> int:
         engine.dispose()
     elapsed = time.perf_counter() - started
     root = base64.b64encode(summary.root_hash).decode()
-    stdout.print(f"[bold green]VERIFIED[/] ledger {escape(str(verifier.origin))}", markup=True)
+    stdout.print(
+        f"[bold green]VERIFIED[/] ledger {escape(summary.checkpoint.origin if summary.checkpoint else str(verifier.origin))}",
+        markup=True,
+    )
     stdout.print(f"  entries        {summary.entries}")
     stdout.print(f"  tree size      {summary.size}")
     stdout.print(f"  root           {root}")
