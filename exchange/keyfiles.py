@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 from exchange.errors import InvalidInputError
@@ -13,19 +14,27 @@ def load_or_create_dev_key(path: Path) -> Signer:
     """Load the Ed25519 key at `path`, creating it (mode 0600, parent folders 0700) if absent.
 
     For development only: the composition root calls this when no key path is configured.
+    Several workers may start at once: the key is written whole under a temporary name and
+    linked into place, so a reader never meets a half-written file and one key wins.
     Raises `InvalidInputError` if the file exists but is not an Ed25519 PEM private key.
     """
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         signer = Signer.generate()
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process created it first: load theirs below
-        else:
             with os.fdopen(fd, "wb") as f:
                 f.write(signer.private_pem())
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(temporary, path)  # fails if another process linked its key first
+        except FileExistsError:
+            pass  # load theirs below
+        else:
             return signer
+        finally:
+            temporary.unlink(missing_ok=True)
     return load_ed25519_key(path)
 
 

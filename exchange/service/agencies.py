@@ -241,6 +241,8 @@ def bootstrap_dev_registry(
 
     Each gets its ledger entry like any operator registration. Returns what was registered.
     """
+    # Nodes starting together would all see "not registered yet" and collide on the insert.
+    ledger_store.lock_appends(session)
     done: list[str] = []
     operator = "operator:dev-bootstrap"
     pems: dict[str, str] = {}

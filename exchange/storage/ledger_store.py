@@ -183,6 +183,14 @@ def _check_tip_is_signed(connection: Connection, size: int) -> None:
         )
 
 
+def lock_appends(session: Session) -> None:
+    """Take the append lock now, for a use case that reads, then writes and appends.
+
+    Held until the caller's transaction ends; `append` takes it again at no cost.
+    """
+    _lock(session.connection())
+
+
 def append(session: Session, new: NewEntry, *, log: LogSigner, now: datetime) -> AppendedEntry:
     """Append one entry in the caller's transaction (never commits); see `append_many`."""
     return append_many(session, [new], log=log, now=now)[0]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Path, Query
 
 from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
 from exchange.service import ledger
 
 router = APIRouter(prefix="/v1/ledger", tags=["ledger"])
+
+# Sizes and seqs are stored as 64-bit integers; a larger number is a bad request, not a crash.
+MAX_INDEX = 2**63 - 1
 
 
 @router.get("/key")
@@ -26,7 +29,7 @@ def get_checkpoint(session: SessionDep) -> dict[str, Any]:
 
 @router.get("/entries/{seq}")
 def get_entry(
-    seq: int,
+    seq: Annotated[int, Path(ge=0, le=MAX_INDEX)],
     session: SessionDep,
     principal: PrincipalDep,
     now: NowDep,
@@ -38,8 +41,8 @@ def get_entry(
 @router.get("/consistency")
 def get_consistency(
     session: SessionDep,
-    old: Annotated[int, Query(ge=1)],
-    new: Annotated[int | None, Query(ge=1)] = None,
+    old: Annotated[int, Query(ge=1, le=MAX_INDEX)],
+    new: Annotated[int | None, Query(ge=1, le=MAX_INDEX)] = None,
 ) -> dict[str, Any]:
     """The consistency proof from tree size `old` to `new` (default: the latest checkpoint)."""
     return ledger.consistency(session, old=old, new=new)
