@@ -1,0 +1,220 @@
+"""API throughput and latency: authorized small-object fetch and GET /v1/cases/{id}, vs bare FastAPI.
+
+    python bench/api.py                           # 1, 8, 32 clients, 3 s per cell (about 1 min)
+    python bench/api.py --seconds 10              # longer cells, steadier figures
+    python bench/api.py --profile /tmp/api.txt    # also a pyinstrument profile of the server
+
+The server is the real app (`create_app` on embedded defaults: SQLite + local store) in a
+subprocess started by this script with `--child`, which adds one route, `GET /bench/raw/{name}`,
+answering bytes held in memory: the bare-FastAPI baseline on the same process. The bench puts
+there exactly the bytes the exchange answers (the 4 KiB object, the case document), then for
+each concurrency runs httpx async clients, each looping on one URL with a valid token, for
+--seconds. Prints requests/s, p50 and p99 latency and the ratio exchange/baseline (goal >= 0.5).
+
+The clients run on the same machine as the server and take CPU from it; the ratio compares like
+with like, the absolute rates are a floor.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from common import (
+    BenchServer,
+    core_count,
+    exchange_server,
+    new_case,
+    print_table,
+    random_file,
+    sha256_file,
+    signed_single_file_package,
+)
+from fastapi import Request, Response
+
+from exchange.client import file_url
+
+OBJECT_BYTES = 4096
+NAME = "small.bin"
+
+
+def child(port: int, profile: Path | None) -> None:
+    """The server process: the exchange app plus the baseline route, on uvicorn."""
+    import anyio.to_thread
+    import uvicorn
+
+    from exchange.api.app import create_app
+
+    app = create_app()
+    held: dict[str, tuple[bytes, str]] = {}
+
+    @app.put("/bench/raw/{name}", include_in_schema=False)
+    async def hold(name: str, request: Request) -> Response:
+        held[name] = (await request.body(), request.headers.get("content-type", ""))
+        return Response(status_code=204)
+
+    @app.get("/bench/raw/{name}", include_in_schema=False)
+    async def raw(name: str) -> Response:
+        body, media_type = held[name]
+        return Response(body, media_type=media_type)
+
+    if profile is None:
+        uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+        return
+    from pyinstrument import Profiler  # type: ignore[import-not-found, unused-ignore]
+
+    profiler = Profiler(interval=0.0005, async_mode="disabled")
+
+    async def inline(func, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return func(*args)
+
+    @app.post("/bench/profile/start", include_in_schema=False)
+    async def start_profile() -> Response:
+        # pyinstrument samples one thread: from now on, what would go to the thread pool runs
+        # on the event loop itself (uploads, which read the body from a thread, are done).
+        anyio.to_thread.run_sync = inline  # type: ignore[assignment]
+        profiler.start()
+        return Response(status_code=204)
+
+    @app.post("/bench/profile/stop", include_in_schema=False)
+    async def stop_profile() -> Response:
+        profiler.stop()
+        profile.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+        return Response(status_code=204)
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+async def hammer(url: str, token: str, clients: int, seconds: float) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) of `clients` loops GETting `url` for `seconds`."""
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    headers = {"Authorization": f"Bearer {token}"}
+    async with httpx.AsyncClient(limits=limits, headers=headers, timeout=30) as http:
+        await http.get(url)  # warm the connection pool
+        deadline = time.perf_counter() + seconds
+
+        async def loop() -> None:
+            while time.perf_counter() < deadline:
+                start = time.perf_counter()
+                response = await http.get(url)
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    raise SystemExit(f"{url} answered {response.status_code}: {response.text}")
+
+        start = time.perf_counter()
+        await asyncio.gather(*(loop() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    cuts = statistics.quantiles(latencies, n=100)
+    return len(latencies) / elapsed, cuts[49] * 1000, cuts[98] * 1000
+
+
+def prepare(server: BenchServer, work: Path) -> tuple[str, dict[str, str]]:
+    """Upload a sealed 4 KiB object; hold the same bytes as baselines. Returns token and URLs."""
+    client = server.client()
+    case_id = new_case(client)
+    source = random_file(work / NAME, OBJECT_BYTES)
+    manifest, jws = signed_single_file_package(source, name=NAME, sha256=sha256_file(source))
+    package_id = str(manifest["package_id"])
+    client.register_package(case_id, manifest=manifest, jws=jws)
+    client.put_file(file_url(case_id, package_id, NAME), source)
+    client.seal_package(case_id, package_id)
+    fetch = client.request("GET", file_url(case_id, package_id, NAME))
+    case = client.request("GET", f"/v1/cases/{case_id}")
+    for name, response in (("object", fetch), ("case", case)):
+        httpx.put(
+            f"{server.url}/bench/raw/{name}",
+            content=response.content,
+            headers={"content-type": response.headers["content-type"]},
+        ).raise_for_status()
+    urls = {
+        "small-object fetch": server.url + file_url(case_id, package_id, NAME),
+        "small-object baseline": f"{server.url}/bench/raw/object",
+        "GET /v1/cases/{id}": f"{server.url}/v1/cases/{case_id}",
+        "case baseline": f"{server.url}/bench/raw/case",
+    }
+    return server.token(), urls
+
+
+def main() -> int:
+    """Start the server, run every endpoint at every concurrency, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each cell")
+    parser.add_argument("--clients", default="1,8,32", help="concurrencies")
+    parser.add_argument("--profile", type=Path, help="write a pyinstrument profile of the server")
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args.port, args.profile)
+        return 0
+    concurrencies = [int(c) for c in args.clients.split(",")]
+    argv = [sys.executable, __file__, "--child"]
+    if args.profile is not None:
+        argv += ["--profile", str(args.profile.resolve())]
+        concurrencies = [1]
+        print("profiling: thread-pool work runs inline, so only 1 client is meaningful")
+    print(
+        f"api: requests/s and latency, exchange vs bare FastAPI on the same process; {core_count()}"
+    )
+    rows: list[list[object]] = []
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
+        exchange_server(Path(tmp), argv=argv) as server,
+    ):
+        token, urls = prepare(server, Path(tmp))
+        if args.profile is not None:
+            httpx.post(f"{server.url}/bench/profile/start").raise_for_status()
+        pairs = [
+            ("small-object fetch", "small-object baseline"),
+            ("GET /v1/cases/{id}", "case baseline"),
+        ]
+        for clients in concurrencies:
+            for ours_name, base_name in pairs:
+                ours = asyncio.run(hammer(urls[ours_name], token, clients, args.seconds))
+                base = asyncio.run(hammer(urls[base_name], token, clients, args.seconds))
+                rows.append(
+                    [
+                        ours_name,
+                        clients,
+                        ours[0],
+                        ours[1],
+                        ours[2],
+                        base[0],
+                        base[1],
+                        base[2],
+                        ours[0] / base[0],
+                    ]
+                )
+                print(f"  .. {ours_name} x{clients} done", flush=True)
+        rss = server.peak_rss_mib()
+        if args.profile is not None:
+            httpx.post(f"{server.url}/bench/profile/stop", timeout=120).raise_for_status()
+    print_table(
+        [
+            "endpoint",
+            "clients",
+            "req/s",
+            "p50 ms",
+            "p99 ms",
+            "base req/s",
+            "base p50",
+            "base p99",
+            "ratio",
+        ],
+        rows,
+    )
+    print(f"  goal: ratio >= 0.5; server peak RSS {rss:.0f} MiB")
+    if args.profile is not None:
+        print(f"  profile written to {args.profile}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Reliability tests: the exchange under crashes, outages and concurrency (slow, bounded)."""
