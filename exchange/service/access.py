@@ -37,11 +37,19 @@ def _view(case: CaseRow) -> CaseView:
     return CaseView(case_id=case.id, owner_agency=case.owner_agency)
 
 
-def _case_and_grants(session: Session, case_id: str) -> tuple[CaseRow | None, list[GrantView]]:
+def _case_and_grants(
+    session: Session, principal: Principal, case_id: str
+) -> tuple[CaseRow | None, list[GrantView]]:
     case = session.get(CaseRow, case_id)
-    if case is None:
-        return None, []
-    rows = session.exec(select(GrantRow).where(GrantRow.case_id == case_id)).all()
+    if case is None or case.owner_agency == principal.agency:
+        # The owner needs no grant: skip the query on the most common path.
+        return case, []
+    # Only grants to the caller's country can cover it; the grant rules still decide.
+    rows = session.exec(
+        select(GrantRow).where(
+            GrantRow.case_id == case_id, GrantRow.grantee_country == principal.country
+        )
+    ).all()
     return case, [grant_view(r) for r in rows]
 
 
@@ -52,7 +60,7 @@ def readable_case(
 
     Raises `NotFoundError` for a missing case and for one the caller may not see alike.
     """
-    case, grants = _case_and_grants(session, case_id)
+    case, grants = _case_and_grants(session, principal, case_id)
     if case is None:
         raise NotFoundError("case not found")
     check_case_access(principal, _view(case), grants, now=now)
@@ -61,7 +69,7 @@ def readable_case(
 
 def owned_case(session: Session, principal: Principal, case_id: str, *, now: datetime) -> CaseRow:
     """The case if the caller's agency owns it; `NotFoundError` if invisible, else `ForbiddenError`."""
-    case, grants = _case_and_grants(session, case_id)
+    case, grants = _case_and_grants(session, principal, case_id)
     if case is None:
         raise NotFoundError("case not found")
     check_case_owner(principal, _view(case), grants, now=now)
