@@ -32,10 +32,9 @@ from fastapi import FastAPI, Request, Response  # noqa: E402
 from fastapi.responses import StreamingResponse  # noqa: E402
 
 from exchange.client import ExchangeClient  # noqa: E402
-from exchange.model import MANIFEST_JWS_TYP, canonical_bytes  # noqa: E402
-from exchange.package import make_manifest, media_type_of  # noqa: E402
+from exchange.package import make_manifest, media_type_of, sign_manifest  # noqa: E402
 from exchange.settings import DEV_KEY_DIR  # noqa: E402
-from exchange.signing import Signer, sign_detached_jws  # noqa: E402
+from exchange.signing import Signer  # noqa: E402
 from tests.exchange_server import clean_env, free_port  # noqa: E402
 from tests.s3server import ACCESS_KEY, SECRET_KEY, S3Server  # noqa: E402
 
@@ -277,7 +276,7 @@ def signed_single_file_package(
         created_at=datetime.now(UTC),
         package_id=str(uuid.uuid4()),
     )
-    jws = sign_detached_jws(payload=canonical_bytes(manifest), signer=signer, typ=MANIFEST_JWS_TYP)
+    jws = sign_manifest(manifest, signer)
     return manifest.to_wire(), jws
 
 

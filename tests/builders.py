@@ -7,10 +7,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from exchange.model import MANIFEST_JWS_TYP, canonical_bytes
-from exchange.package import build_package
+from exchange.package import build_package, sign_manifest
 from exchange.package.source import JWS_NAME, MANIFEST_NAME
-from exchange.signing import Signer, sign_detached_jws
+from exchange.signing import Signer
 
 LEGAL_BASIS = {"type": "warrant", "reference": "W-2026-0042", "issued_by": "Bangkok Criminal Court"}
 COLLECTION = {
@@ -74,7 +73,5 @@ def rewrite_manifest(pkg: Path, manifest: dict[str, Any], signer: Signer | None)
     """Write a new manifest.json; re-sign it with `signer` unless None (then the old JWS stays)."""
     (pkg / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2), encoding="utf-8")
     if signer is not None:
-        jws = sign_detached_jws(
-            payload=canonical_bytes(manifest), signer=signer, typ=MANIFEST_JWS_TYP
-        )
+        jws = sign_manifest(manifest, signer)
         (pkg / JWS_NAME).write_text(jws + "\n", encoding="ascii")

@@ -24,6 +24,7 @@ from exchange.ledger.checkpoint import Checkpoint
 from exchange.ledger.entry import Action, Actor, NewEntry, make_entry
 from exchange.ledger.signer import LogSigner
 from exchange.model import canonical_bytes
+from exchange.package import sign_manifest
 from exchange.package.source import JWS_NAME
 from exchange.signing import Signer
 from exchange.storage import ledger_store
@@ -342,12 +343,7 @@ def test_a_swapped_manifest_fails_even_when_validly_signed(story: Story, tmp_pat
                   files={"a.txt": b"something else"})  # fmt: skip
     manifest = read_manifest(other)
     manifest["package_id"] = story.package_id
-    from exchange.model import MANIFEST_JWS_TYP
-    from exchange.signing import sign_detached_jws
-
-    jws = sign_detached_jws(
-        payload=canonical_bytes(manifest), signer=story.signer, typ=MANIFEST_JWS_TYP
-    )
+    jws = sign_manifest(manifest, story.signer)
     bundle = copy.deepcopy(story.bundle)
     bundle["packages"][0] = {"package_id": story.package_id, "manifest": manifest, "jws": jws}
     error = fails(story, bundle)

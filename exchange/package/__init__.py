@@ -1,6 +1,12 @@
 """Evidence packages, format v1: build, sign and verify (docs/packages.md)."""
 
-from exchange.package.build import build_package, make_manifest, media_type_of, write_package
+from exchange.package.build import (
+    build_package,
+    make_manifest,
+    media_type_of,
+    sign_manifest,
+    write_package,
+)
 from exchange.package.paths import check_path, path_problem
 from exchange.package.verify import (
     SignedManifest,
@@ -21,6 +27,7 @@ __all__ = [
     "make_manifest",
     "media_type_of",
     "path_problem",
+    "sign_manifest",
     "verify_manifest",
     "verify_package",
     "write_package",

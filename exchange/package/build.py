@@ -11,6 +11,7 @@ import shutil
 import stat
 import tarfile
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -121,6 +122,11 @@ def hash_source(
     return entries
 
 
+def sign_manifest(manifest: Manifest | Mapping[str, Any], signer: Signer) -> str:
+    """The detached JWS (manifest.jws) over the manifest's RFC 8785 canonical bytes."""
+    return sign_detached_jws(payload=canonical_bytes(manifest), signer=signer, typ=MANIFEST_JWS_TYP)
+
+
 def write_package(
     *,
     manifest: Manifest,
@@ -138,7 +144,7 @@ def write_package(
     if out.exists():
         raise InvalidInputError(f"{out} already exists; refusing to overwrite")
     by_path = {entry.path: entry for entry in manifest.files}
-    jws = sign_detached_jws(payload=canonical_bytes(manifest), signer=signer, typ=MANIFEST_JWS_TYP)
+    jws = sign_manifest(manifest, signer)
     manifest_text = (json.dumps(manifest.to_wire(), indent=2, ensure_ascii=False) + "\n").encode()
     partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:

@@ -15,10 +15,9 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from exchange.client import ExchangeClient
-from exchange.model import MANIFEST_JWS_TYP, canonical_bytes
-from exchange.package import make_manifest
+from exchange.package import make_manifest, sign_manifest
 from exchange.settings import DEV_KEY_DIR
-from exchange.signing import Signer, sign_detached_jws
+from exchange.signing import Signer
 from tests.exchange_server import clean_env
 
 TH_INVESTIGATOR = "th-rtp-investigator"
@@ -73,7 +72,7 @@ def one_file_package(name: str, data: bytes) -> tuple[dict[str, Any], str]:
         package_id=str(uuid.uuid4()),
     )
     signer = Signer.from_pem((DEV_KEY_DIR / "TH-RTP.key.pem").read_bytes())
-    jws = sign_detached_jws(payload=canonical_bytes(manifest), signer=signer, typ=MANIFEST_JWS_TYP)
+    jws = sign_manifest(manifest, signer)
     return manifest.to_wire(), jws
 
 
