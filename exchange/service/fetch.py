@@ -33,20 +33,9 @@ CHUNK_SIZE = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class FileDownload:
-    """One file on its way out: what it should be, and the verified byte stream."""
+class StoredFile:
+    """A sealed file as the manifest states it, and where its bytes are stored."""
 
-    case_id: str
-    package_id: str
-    path: str
-    size: int
-    sha256: str
-    media_type: str
-    chunks: Iterator[bytes]
-
-
-@dataclass(frozen=True)
-class _Target:
     case_id: str
     package_id: str
     path: str
@@ -54,6 +43,14 @@ class _Target:
     sha256: str
     media_type: str
     blob_key: str
+
+
+@dataclass(frozen=True)
+class FileDownload:
+    """One file on its way out: what it should be, and the verified byte stream."""
+
+    file: StoredFile
+    chunks: Iterator[bytes]
 
 
 class _StoredObjectMismatchError(Exception):
@@ -65,7 +62,7 @@ class _StoredObjectMismatchError(Exception):
 
 def _fetchable(
     session: Session, principal: Principal, now: datetime, case_id: str, package_id: str, path: str
-) -> _Target:
+) -> StoredFile:
     case = readable_case(session, principal, case_id, now=now)
     package = visible_package(session, principal, case, package_id)
     if package.state != SEALED:
@@ -75,7 +72,7 @@ def _fetchable(
     row = session.get(PackageFileRow, (package.id, path))
     if row is None:
         raise NotFoundError(f"package {package.id} has no file {path!r}")
-    return _Target(
+    return StoredFile(
         case_id=case.id,
         package_id=package.id,
         path=row.path,
@@ -168,15 +165,7 @@ def open_file(
     def fail(reason: str, expected: str, found: str) -> IntegrityFailureError:
         return _failure(engine, log, principal, now, target, reason, expected, found)
 
-    return FileDownload(
-        case_id=target.case_id,
-        package_id=target.package_id,
-        path=target.path,
-        size=target.size,
-        sha256=target.sha256,
-        media_type=target.media_type,
-        chunks=_verified_chunks(reader, target, fail),
-    )
+    return FileDownload(file=target, chunks=_verified_chunks(reader, target, fail))
 
 
 def _failure(
@@ -184,7 +173,7 @@ def _failure(
     log: LogSigner,
     principal: Principal,
     now: datetime,
-    target: _Target,
+    target: StoredFile,
     reason: str,
     expected: str,
     found: str,
@@ -211,7 +200,7 @@ def _failure(
 
 def _verified_chunks(
     reader: BlobReader,
-    target: _Target,
+    target: StoredFile,
     fail: Callable[[str, str, str], IntegrityFailureError],
 ) -> Iterator[bytes]:
     digest = hashlib.sha256()

@@ -164,7 +164,8 @@ async def get_file(
         path=path,
     )
     download = await anyio.to_thread.run_sync(opening)
-    context.metrics.evidence_bytes.labels("out").inc(download.size)
-    digest = base64.b64encode(bytes.fromhex(download.sha256)).decode()
-    headers = {"Content-Length": str(download.size), "Repr-Digest": f"sha-256=:{digest}:"}
-    return StreamingResponse(download.chunks, media_type=download.media_type, headers=headers)
+    file = download.file
+    context.metrics.evidence_bytes.labels("out").inc(file.size)
+    digest = base64.b64encode(bytes.fromhex(file.sha256)).decode()
+    headers = {"Content-Length": str(file.size), "Repr-Digest": f"sha-256=:{digest}:"}
+    return StreamingResponse(download.chunks, media_type=file.media_type, headers=headers)
