@@ -82,6 +82,23 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+TRANSFER_COLUMNS = [
+    *("backend", "size", "exchange MiB/s", "raw MiB/s", "ratio"),
+    *("bare HTTP MiB/s", "exchange/HTTP", "server peak RSS"),
+]
+
+
+def transfer_row(
+    backend: str, size: int, ours: float, raw: float, http_only: float, rss: float
+) -> list[object]:
+    """One row of the upload/download table from the seconds each path took."""
+    mib = size / MiB
+    return [
+        *(backend, human(size), mib / ours, mib / raw, raw / ours),
+        *(mib / http_only, http_only / ours, f"{rss:.0f} MiB"),
+    ]
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     """A plain aligned table on stdout."""
     cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 from common import (
+    TRANSFER_COLUMNS,
     MiB,
     bare_http_argv,
     core_count,
@@ -37,6 +38,7 @@ from common import (
     random_file,
     sha256_file,
     signed_single_file_package,
+    transfer_row,
 )
 from minio import Minio  # noqa: TID251 (the raw S3 baseline talks to the SDK on purpose)
 
@@ -138,22 +140,10 @@ def main() -> int:
                 else:
                     raw = raw_local(work, source)
                     ours, rss = exchange_upload(work, source, sha256, None)
-                mib = size / MiB
-                rows.append(
-                    [
-                        *(backend, human(size), mib / ours, mib / raw, raw / ours),
-                        *(mib / http_only, http_only / ours, f"{rss:.0f} MiB"),
-                    ]
-                )
+                rows.append(transfer_row(backend, size, ours, raw, http_only, rss))
                 print(f"  .. {backend} {human(size)} done", flush=True)
             source.unlink()
-    print_table(
-        [
-            *("backend", "size", "exchange MiB/s", "raw MiB/s", "ratio"),
-            *("bare HTTP MiB/s", "exchange/HTTP", "server peak RSS"),
-        ],
-        rows,
-    )
+    print_table(TRANSFER_COLUMNS, rows)
     print("  goals: ratio >= 0.8; peak RSS < 150 MiB and flat across sizes")
     return 0
 
