@@ -7,6 +7,7 @@ import json
 import stat
 import subprocess
 import sys
+from collections.abc import Generator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,10 @@ import pytest
 from sqlalchemy import Engine, text
 
 from exchange.cli import main
+from exchange.errors import VerificationError
 from exchange.keyfiles import ledger_key, load_or_create_dev_key
 from exchange.ledger import tlog
+from exchange.ledger.audit import verify_log_parallel
 from exchange.ledger.signer import LogSigner
 from exchange.signing import Signer, public_key_pem
 from exchange.storage import ledger_store as store
@@ -151,6 +154,41 @@ def test_verify_names_the_first_bad_seq(
     assert verify(ledger, pub) == 1
     err = capsys.readouterr().err
     assert err.strip() == f"error: ledger verification failed: {message}"
+
+
+@pytest.mark.parametrize(("name", "tamper", "message"), TAMPERING, ids=[t[0] for t in TAMPERING])
+def test_parallel_verification_names_the_same_seq(
+    ledger: Engine, log: LogSigner, name: str, tamper: object, message: str
+) -> None:
+    # Chunks of 4 entries: the 37-entry ledger gives forked workers nine chunks to check.
+    tamper(ledger)  # type: ignore[operator]  # one of the TAMPERING callables
+    with session_scope(ledger) as session, pytest.raises(VerificationError) as caught:
+        store.verify_stored_log(session, verify_note=log.verifier().verify, workers=2, chunk_size=4)
+    assert caught.value.message == message
+
+
+class _NoInOrderRead(store.StoredLog):
+    def entries(self, lo: int, hi: int | None) -> Generator[tuple[int, bytes, bytes], None, None]:
+        assert (lo, hi) != (0, None), "fell back to the in-order verification"
+        return super().entries(lo, hi)
+
+
+def test_parallel_verification_of_a_good_ledger(ledger: Engine, log: LogSigner) -> None:
+    verify_note = log.verifier().verify
+    with session_scope(ledger) as session:
+        in_order = store.verify_stored_log(session, verify_note=verify_note, workers=1)
+    with session_scope(ledger) as session:
+        # The workers, not a fall-back in this process, checked the 9 aligned chunks.
+        source = _NoInOrderRead(session, ledger.url.render_as_string(hide_password=False))
+        parallel = verify_log_parallel(
+            source,
+            checkpoint_note=store.latest_checkpoint(session),
+            verify_note=verify_note,
+            workers=2,
+            chunk_size=4,
+        )
+    assert parallel == in_order
+    assert (parallel.entries, parallel.stored_hashes) == (SIZE, tlog.stored_hash_count(SIZE))
 
 
 def test_verify_with_another_key_fails(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 
@@ -11,7 +11,7 @@ import pytest
 
 from exchange.errors import VerificationError
 from exchange.ledger import merkle, tlog
-from exchange.ledger.audit import verify_log
+from exchange.ledger.audit import MemoryLog, verify_log, verify_log_parallel
 from exchange.ledger.checkpoint import Checkpoint
 from exchange.ledger.entry import GENESIS_PREV, make_entry, parse_entry
 from exchange.ledger.signer import LogSigner
@@ -50,7 +50,16 @@ def build(log: LogSigner, now: datetime, size: int) -> Log:
     return Log(entries, [h for _, h in sorted(stored.items())], note)
 
 
-def run(log: LogSigner, damaged: Log, chunk_size: int = 8192) -> None:
+def run(log: LogSigner, damaged: Log, chunk_size: int = 8192, workers: int = 1) -> None:
+    if workers > 1:
+        verify_log_parallel(
+            MemoryLog(damaged.entries, damaged.hashes),
+            checkpoint_note=damaged.note,
+            verify_note=log.verifier().verify,
+            workers=workers,
+            chunk_size=chunk_size,
+        )
+        return
     verify_log(
         iter(damaged.entries),
         iter(damaged.hashes),
@@ -58,6 +67,14 @@ def run(log: LogSigner, damaged: Log, chunk_size: int = 8192) -> None:
         verify_note=log.verifier().verify,
         chunk_size=chunk_size,
     )
+
+
+class InOrderForbidden(MemoryLog):
+    """A source that fails the test if anything reads the log from seq 0 in this process."""
+
+    def entries(self, lo: int, hi: int | None) -> Iterable[tuple[int, bytes, bytes]]:
+        assert not (lo == 0 and hi is None), "fell back to the in-order verification"
+        return super().entries(lo, hi)
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +102,46 @@ def test_good_log_verifies(log: LogSigner, good: Log, chunk_size: int, deep: boo
         tlog.stored_hash_count(37),
     )
     assert summary.root_hash == merkle.root([merkle.leaf_hash(d) for _, d, _ in good.entries])
+
+
+@pytest.mark.parametrize(("chunk_size", "workers"), [(2, 2), (4, 2), (8, 4), (16, 2)])
+def test_parallel_verification_of_a_good_log(
+    log: LogSigner, good: Log, chunk_size: int, workers: int
+) -> None:
+    # InOrderForbidden proves the forked workers did the work: no in-order re-run happened.
+    summary = verify_log_parallel(
+        InOrderForbidden(good.entries, good.hashes),
+        checkpoint_note=good.note,
+        verify_note=log.verifier().verify,
+        workers=workers,
+        chunk_size=chunk_size,
+    )
+    expected = verify_log(
+        iter(good.entries),
+        iter(good.hashes),
+        checkpoint_note=good.note,
+        verify_note=log.verifier().verify,
+    )
+    assert summary == expected
+    assert summary.entries == 37
+
+
+def test_parallel_verification_needs_the_unread_rows_counted(log: LogSigner, good: Log) -> None:
+    # An entry row that no range reads (here: one past the rows the workers and the tail see)
+    # sends the audit back to the in-order walk, which names it.
+    class HiddenRow(MemoryLog):
+        def counts(self) -> tuple[int, int]:
+            entries, hashes = super().counts()
+            return entries + 1, hashes
+
+    with pytest.raises(AssertionError, match="fell back"):
+        verify_log_parallel(
+            type("Both", (HiddenRow, InOrderForbidden), {})(good.entries, good.hashes),
+            checkpoint_note=good.note,
+            verify_note=log.verifier().verify,
+            workers=2,
+            chunk_size=4,
+        )
 
 
 def test_empty_log_verifies(log: LogSigner) -> None:
@@ -196,8 +253,11 @@ DAMAGE: list[tuple[str, Callable[[Log], Log], str, str]] = [
 
 
 # Chunks of 2, 4 and 8 run the whole-chunk fast path (and its fall-back) on a 37-entry log;
-# 8192 runs the entry-by-entry path only.
-@pytest.mark.parametrize("chunk_size", [2, 4, 8, 8192])
+# 8192 runs the entry-by-entry path only. With 2 workers the chunks under the checkpoint are
+# checked in forked processes first; the message must be the in-order one all the same.
+@pytest.mark.parametrize(
+    ("chunk_size", "workers"), [(2, 1), (4, 1), (8, 1), (8192, 1), (2, 2), (4, 2), (8, 3)]
+)
 @pytest.mark.parametrize(
     ("name", "damage", "reason", "message"), DAMAGE, ids=[d[0] for d in DAMAGE]
 )
@@ -209,21 +269,26 @@ def test_damage_is_named(
     reason: str,
     message: str,
     chunk_size: int,
+    workers: int,
 ) -> None:
     with pytest.raises(VerificationError) as caught:
-        run(log, damage(good), chunk_size)
+        run(log, damage(good), chunk_size, workers)
     assert (caught.value.reason, caught.value.message) == (reason, message)
 
 
-def test_broken_chain_is_named(log: LogSigner, now: datetime) -> None:
-    # A consistent rewrite of one entry (new prev, new hash) still breaks the next link.
+@pytest.mark.parametrize(("chunk_size", "workers"), [(8192, 1), (4, 2), (2, 2)])
+def test_broken_chain_is_named(
+    log: LogSigner, now: datetime, chunk_size: int, workers: int
+) -> None:
+    # A consistent rewrite of one entry (new prev, new hash) still breaks the next link; with
+    # chunks of 4 the forged entry opens the second chunk, so only the stitching sees it.
     damaged = build(log, now, 8)
     seq, data, _ = damaged.entries[4]
     forged = data[: data.rfind(b'"prev":"') + 8] + b"f" * 64 + data[data.rfind(b'"prev":"') + 72 :]
     entries = list(damaged.entries)
     entries[4] = (seq, forged, hashlib.sha256(forged).digest())
     with pytest.raises(VerificationError) as caught:
-        run(log, replace(damaged, entries=entries))
+        run(log, replace(damaged, entries=entries), chunk_size, workers)
     assert caught.value.message == "seq 4: chain_broken: prev is not the previous entry's hash"
 
 
@@ -243,11 +308,14 @@ def test_checkpoint_by_another_key_is_named(good: Log) -> None:
     assert caught.value.message.startswith("latest checkpoint: bad_checkpoint_signature: ")
 
 
-def test_unsigned_entries_are_named(log: LogSigner, now: datetime) -> None:
+@pytest.mark.parametrize(("chunk_size", "workers"), [(8192, 1), (2, 2)])
+def test_unsigned_entries_are_named(
+    log: LogSigner, now: datetime, chunk_size: int, workers: int
+) -> None:
     longer = build(log, now, 10)
     shorter = build(log, now, 8)
     with pytest.raises(VerificationError) as caught:
-        run(log, replace(longer, note=shorter.note))
+        run(log, replace(longer, note=shorter.note), chunk_size, workers)
     assert (
         caught.value.message
         == "seq 8: unsigned_entries: entries 8..9 are not covered by the latest checkpoint"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,6 @@ from sqlalchemy.exc import SQLAlchemyError
 from exchange.cli.output import CommandError, print_json, stdout
 from exchange.errors import ExchangeError, VerificationError
 from exchange.keyfiles import ledger_key
-from exchange.ledger.audit import verify_log
 from exchange.ledger.entry import parse_entry
 from exchange.ledger.proof import verify_proof_document
 from exchange.ledger.signer import LogVerifier
@@ -41,6 +41,13 @@ def register(subparsers: Any) -> None:
     verify.add_argument(
         "--deep", action="store_true", help="also parse and schema-check every entry (slower)"
     )
+    verify.add_argument(
+        "--workers",
+        type=int,
+        default=_usable_cores(),
+        metavar="N",
+        help="processes that check the log in parallel (default: usable cores; 1: in order)",
+    )
     verify.set_defaults(handler=verify_command)
 
     proof = commands.add_parser("proof", help="print an inclusion proof for one entry (JSON)")
@@ -58,6 +65,13 @@ def register(subparsers: Any) -> None:
     check.add_argument("--log-key", required=True, type=Path, help="the log's public key PEM")
     check.add_argument("--origin", help="require this log origin")
     check.set_defaults(handler=check_proof_command)
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def _log_verifier(args: argparse.Namespace, settings: Settings | None) -> LogVerifier:
@@ -91,12 +105,11 @@ def verify_command(args: argparse.Namespace) -> int:
     engine = make_engine(_database_url(args, settings))
     started = time.perf_counter()
     try:
-        with session_scope(engine) as session, ledger_store.log_rows(session) as (entries, hashes):
-            summary = verify_log(
-                entries,
-                hashes,
-                checkpoint_note=ledger_store.latest_checkpoint(session),
+        with session_scope(engine) as session:
+            summary = ledger_store.verify_stored_log(
+                session,
                 verify_note=verifier.verify,
+                workers=args.workers,
                 deep=parse_entry if args.deep else None,
             )
     except VerificationError as exc:

@@ -24,11 +24,16 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Callable, Iterable
+import multiprocessing
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from itertools import islice, repeat
+from itertools import islice, pairwise, repeat
 from operator import add, itemgetter
+from typing import Protocol, TypeVar
 
 from exchange.errors import ExchangeError, InvalidInputError, VerificationError
 from exchange.ledger import tlog
@@ -43,6 +48,7 @@ NoteVerifier = Callable[[str], Checkpoint]
 _PREV_KEY = b',"prev":"'
 _FIRST, _SECOND, _THIRD = itemgetter(0), itemgetter(1), itemgetter(2)
 _GENESIS = b"0" * 64
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -81,22 +87,35 @@ def verify_log(
     two) is how many entries are checked at once; it changes the speed, never the outcome.
     Raises `VerificationError` for the first bad seq (see the module docstring for reasons).
     """
-    checkpoint: Checkpoint | None = None
-    if checkpoint_note is not None:
-        try:
-            checkpoint = verify_note(checkpoint_note)
-        except VerificationError as exc:
-            # reason: bad_checkpoint_signature, bad_checkpoint (malformed) or origin_mismatch
-            raise VerificationError(
-                f"latest checkpoint: {exc.reason}: {exc.message}", reason=exc.reason
-            ) from exc
-
+    checkpoint = _verify_checkpoint(checkpoint_note, verify_note)
     if chunk_size < 2 or chunk_size & (chunk_size - 1):
         raise InvalidInputError(f"chunk size {chunk_size} is not a power of two >= 2")
     walk = _Walk(chunk_size)
+    return _finish(walk, _run(walk, entries, stored_hashes, deep), checkpoint)
+
+
+def _verify_checkpoint(checkpoint_note: str | None, verify_note: NoteVerifier) -> Checkpoint | None:
+    if checkpoint_note is None:
+        return None
+    try:
+        return verify_note(checkpoint_note)
+    except VerificationError as exc:
+        # reason: bad_checkpoint_signature, bad_checkpoint (malformed) or origin_mismatch
+        raise VerificationError(
+            f"latest checkpoint: {exc.reason}: {exc.message}", reason=exc.reason
+        ) from exc
+
+
+def _run(
+    walk: _Walk,
+    entries: Iterable[EntryRow],
+    stored_hashes: Iterable[bytes],
+    deep: Callable[[bytes], object] | None,
+) -> Iterator[bytes]:
+    """Walk `entries` from the walk's state on; returns the rest of the stored-hash stream."""
     hashes = iter(stored_hashes)
     rows = iter(entries)
-    while chunk := list(islice(rows, chunk_size)):
+    while chunk := list(islice(rows, walk.chunk_size)):
         # The stored hashes these records wrote: a stream shifted by a missing or extra row
         # still holds exactly this many, and any shift shows up as a mismatch.
         found = list(
@@ -106,12 +125,15 @@ def verify_log(
             continue
         # Slow path: entry by entry, raising at the first bad seq (also after a fast-path miss).
         walk.slow(chunk, found, deep)
+    return hashes
 
+
+def _finish(walk: _Walk, hashes: Iterator[bytes], checkpoint: Checkpoint | None) -> AuditSummary:
+    """The end-of-log checks: size against the checkpoint, no extra hash, root."""
     size = walk.expected
     next_index = walk.next_index
-    stack = walk.stack
     extra = next(hashes, None) is not None
-    root = _root(stack)
+    root = _root(walk.stack)
     if checkpoint is None:
         if size:
             raise _fail(0, "no_checkpoint", f"{size} entries but no signed checkpoint")
@@ -141,6 +163,164 @@ def verify_log(
     )
 
 
+class LogSource(Protocol):
+    """The stored log as ranges, for `verify_log_parallel`; each worker process reads its own.
+
+    A source must be usable in a forked child: open connections lazily, per process.
+    """
+
+    def entries(self, lo: int, hi: int | None) -> Iterable[EntryRow]:
+        """Entry rows with lo <= seq (< hi), in seq order."""
+        ...
+
+    def hashes(self, lo: int, hi: int | None) -> Iterable[bytes]:
+        """Stored hashes with lo <= index (< hi), in index order."""
+        ...
+
+    def counts(self) -> tuple[int, int]:
+        """How many entry rows and stored-hash rows there are in all."""
+        ...
+
+
+@dataclass(frozen=True)
+class MemoryLog:
+    """A `LogSource` over lists already in memory (row i holds seq i; benchmarks and tests)."""
+
+    rows: Sequence[EntryRow]
+    stored: Sequence[bytes]
+
+    def entries(self, lo: int, hi: int | None) -> Iterable[EntryRow]:
+        """Rows lo..hi by position."""
+        return self.rows[lo:hi]
+
+    def hashes(self, lo: int, hi: int | None) -> Iterable[bytes]:
+        """Stored hashes lo..hi by position."""
+        return self.stored[lo:hi]
+
+    def counts(self) -> tuple[int, int]:
+        """The lengths of both lists."""
+        return len(self.rows), len(self.stored)
+
+
+def verify_log_parallel(
+    source: LogSource,
+    *,
+    checkpoint_note: str | None,
+    verify_note: NoteVerifier,
+    workers: int,
+    chunk_size: int = CHUNK,
+) -> AuditSummary:
+    """`verify_log` over `source` with the aligned chunks under the checkpoint spread over
+    `workers` processes; same outcome, same errors.
+
+    Each worker checks its chunks' entries, chain and subtree hashes; this process then links
+    the chunks (each first `prev` to the hash before it, the stored hashes that climb above
+    chunk level), verifies the rest of the log itself and checks that no row was left unread.
+    Any doubt anywhere, or no way to start processes, and the whole log is verified again in
+    order by `verify_log`, so a failure is always reported at its first bad seq.
+    """
+    checkpoint = _verify_checkpoint(checkpoint_note, verify_note)
+    if chunk_size < 2 or chunk_size & (chunk_size - 1):
+        raise InvalidInputError(f"chunk size {chunk_size} is not a power of two >= 2")
+    chunks = (checkpoint.size if checkpoint else 0) // chunk_size
+    walk = None
+    if workers >= 2 and chunks >= 2:
+        walk = _verify_chunks_in_parallel(source, chunks, chunk_size, workers)
+    if walk is not None:
+        with (
+            _closing(source.entries(walk.expected, None)) as rest,
+            _closing(source.hashes(walk.next_index, None)) as stored,
+        ):
+            summary = _finish(walk, _run(walk, rest, stored, None), checkpoint)
+        if source.counts() == (summary.entries, summary.stored_hashes):
+            return summary
+    with _closing(source.entries(0, None)) as rows, _closing(source.hashes(0, None)) as stored:
+        return verify_log(
+            rows,
+            stored,
+            checkpoint_note=checkpoint_note,
+            verify_note=verify_note,
+            chunk_size=chunk_size,
+        )
+
+
+@contextmanager
+def _closing(rows: Iterable[_T]) -> Iterator[Iterable[_T]]:
+    # A source's streams may hold database cursors: close them when verification stops early.
+    try:
+        yield rows
+    finally:
+        close = getattr(rows, "close", None)
+        if close is not None:
+            close()
+
+
+# (first prev, last entry hash, subtree root, stored hashes climbing above it) of one chunk.
+_ChunkLink = tuple[bytes, bytes, bytes, list[bytes]]
+_WORKER_SOURCE: list[LogSource] = []
+
+
+def _verify_chunks_in_parallel(
+    source: LogSource, chunks: int, chunk_size: int, workers: int
+) -> _Walk | None:
+    # A few ranges per worker, so that one slow range does not leave a core idle.
+    parts = min(chunks, workers * 4)
+    bounds = [chunks * i // parts * chunk_size for i in range(parts + 1)]
+    ranges = [(lo, hi, chunk_size) for lo, hi in pairwise(bounds) if lo < hi]
+    try:
+        # fork: the children inherit `source` as it is, nothing is pickled but the results.
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=context,
+            initializer=_WORKER_SOURCE.append,
+            initargs=(source,),
+        ) as pool:
+            results = list(pool.map(_check_range, ranges))
+    except (OSError, ValueError, BrokenProcessPool):
+        return None
+    walk = _Walk(chunk_size)
+    for links in results:
+        if links is None:
+            return None
+        for first_prev, last_hash, root, climbs in links:
+            if first_prev != walk.prev_hex:
+                return None
+            if not _climb(walk.stack, walk.expected // chunk_size, root, climbs):
+                return None
+            walk.prev_hex = last_hash
+            walk.expected += chunk_size
+            walk.next_index = tlog.stored_hash_count(walk.expected)
+    return walk
+
+
+def _check_range(job: tuple[int, int, int]) -> list[_ChunkLink] | None:
+    # Runs in a worker process: the aligned chunks lo..hi, each checked on its own.
+    lo, hi, m = job
+    source = _WORKER_SOURCE[-1]
+    layout = _chunk_layout(m)
+    with (
+        _closing(source.entries(lo, hi)) as entry_rows,
+        _closing(source.hashes(tlog.stored_hash_count(lo), tlog.stored_hash_count(hi))) as stored,
+    ):
+        rows, hashes = iter(entry_rows), iter(stored)
+        links: list[_ChunkLink] = []
+        for base in range(lo, hi, m):
+            chunk = list(islice(rows, m))
+            found = list(
+                islice(hashes, tlog.stored_hash_count(base + m) - tlog.stored_hash_count(base))
+            )
+            if len(chunk) != m:
+                return None
+            checked = _check_chunk(chunk, found, base, layout)
+            if checked is None:
+                return None
+            links.append((checked.first_prev, checked.last_hash, checked.root, found[2 * m - 1 :]))
+        if next(rows, None) is not None or next(hashes, None) is not None:
+            return None
+    return links
+
+
 class _Walk:
     """The verifier's running state: next seq, previous entry hash, right-edge subtrees."""
 
@@ -158,51 +338,15 @@ class _Walk:
         base = self.expected
         if m != self.chunk_size or base % m:
             return False
-        seqs = list(map(_FIRST, chunk))
-        if seqs != list(range(base, base + m)):
+        checked = _check_chunk(chunk, found, base, self.layout)
+        if checked is None or checked.first_prev != self.prev_hex:
             return False
-        datas = list(map(_SECOND, chunk))
-        sha256 = hashlib.sha256
-        digests = [h.digest() for h in map(sha256, datas)]
-        if digests != list(map(_THIRD, chunk)):
-            return False
-        ats = list(map(bytes.rfind, datas, repeat(_PREV_KEY)))
-        if min(ats) < 0:
-            return False
-        prevs = [self.prev_hex, *map(binascii.hexlify, digests[:-1])]
-        if not all(map(bytes.startswith, datas, prevs, map(add, ats, repeat(9)))):
-            return False
-        tails = [b'","seq":%d,"time":"' % seq for seq in seqs]
-        if not all(map(bytes.startswith, datas, tails, map(add, ats, repeat(73)))):
-            return False
-        # The chunk is a perfect subtree: hash it level by level and compare each level with
-        # the stored hashes picked out of their post-order positions.
-        level = [h.digest() for h in map(sha256, map(b"\x00".__add__, datas))]
-        for positions in self.layout:
-            if tuple(level) != positions(found):
-                return False
-            if len(level) == 1:
-                break
-            level = [
-                sha256(b"\x01" + left + right).digest()
-                for left, right in zip(level[0::2], level[1::2], strict=True)
-            ]
-        node = level[0]
-        at = 2 * m - 1
         stack = list(self.stack)
-        n = base // m
-        while n & 1:
-            node = sha256(b"\x01" + stack.pop() + node).digest()
-            if at >= len(found) or found[at] != node:
-                return False
-            at += 1
-            n >>= 1
-        stack.append(node)
-        if at != len(found):
+        if not _climb(stack, base // m, checked.root, found[2 * m - 1 :]):
             return False
-        self.prev_hex = binascii.hexlify(digests[-1])
+        self.prev_hex = checked.last_hash
         self.expected += m
-        self.next_index += at
+        self.next_index += len(found)
         self.stack = stack
         return True
 
@@ -265,6 +409,77 @@ class _Walk:
             except ExchangeError as exc:
                 return _fail(seq, "malformed_entry", exc.message)
         return None
+
+
+@dataclass(frozen=True)
+class _CheckedChunk:
+    """An aligned chunk whose entries, chain and subtree hashes agree with each other."""
+
+    first_prev: bytes  # the `prev` the chunk's first entry names (hex, ASCII)
+    last_hash: bytes  # the hex entry hash of its last entry, the next chunk's `prev`
+    root: bytes  # the hash of the perfect subtree over the chunk
+
+
+def _check_chunk(
+    chunk: list[EntryRow],
+    found: list[bytes],
+    base: int,
+    layout: list[Callable[[list[bytes]], tuple[bytes, ...]]],
+) -> _CheckedChunk | None:
+    # Everything about one aligned chunk that does not depend on the entries before it: seqs,
+    # entry hashes, the chain inside the chunk, and every stored hash of the perfect subtree
+    # over it. What links it to the log before (its first `prev`, the hashes that climb above
+    # it) is left to the caller. None on any doubt; the slow path then finds the exact fault.
+    m = len(chunk)
+    seqs = list(map(_FIRST, chunk))
+    if seqs != list(range(base, base + m)):
+        return None
+    datas = list(map(_SECOND, chunk))
+    sha256 = hashlib.sha256
+    digests = [h.digest() for h in map(sha256, datas)]
+    if digests != list(map(_THIRD, chunk)):
+        return None
+    ats = list(map(bytes.rfind, datas, repeat(_PREV_KEY)))
+    if min(ats) < 0:
+        return None
+    first_prev = datas[0][ats[0] + 9 : ats[0] + 73]
+    prevs = [first_prev, *map(binascii.hexlify, digests[:-1])]
+    if not all(map(bytes.startswith, datas, prevs, map(add, ats, repeat(9)))):
+        return None
+    tails = [b'","seq":%d,"time":"' % seq for seq in seqs]
+    if not all(map(bytes.startswith, datas, tails, map(add, ats, repeat(73)))):
+        return None
+    # The chunk is a perfect subtree: hash it level by level and compare each level with the
+    # stored hashes picked out of their post-order positions.
+    if len(found) < 2 * m - 1:
+        return None
+    level = [h.digest() for h in map(sha256, map(b"\x00".__add__, datas))]
+    for positions in layout:
+        if tuple(level) != positions(found):
+            return None
+        if len(level) == 1:
+            break
+        level = [
+            sha256(b"\x01" + left + right).digest()
+            for left, right in zip(level[0::2], level[1::2], strict=True)
+        ]
+    return _CheckedChunk(
+        first_prev=first_prev, last_hash=binascii.hexlify(digests[-1]), root=level[0]
+    )
+
+
+def _climb(stack: list[bytes], n: int, node: bytes, climbs: list[bytes]) -> bool:
+    # Chunk number `n` (of equal aligned chunks) completes one larger subtree per trailing 1
+    # bit of n; its last record stored those parents right after the chunk's own hashes.
+    at = 0
+    while n & 1:
+        node = hashlib.sha256(b"\x01" + stack.pop() + node).digest()
+        if at >= len(climbs) or climbs[at] != node:
+            return False
+        at += 1
+        n >>= 1
+    stack.append(node)
+    return at == len(climbs)
 
 
 @cache

@@ -10,8 +10,9 @@ the same seq or fork the chain. Every failure raises: nothing is ever skipped si
 from __future__ import annotations
 
 import hashlib
+import os
 import secrets
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,11 +42,18 @@ from exchange.errors import (
     UnavailableError,
 )
 from exchange.ledger import merkle, tlog
+from exchange.ledger.audit import (
+    CHUNK,
+    AuditSummary,
+    NoteVerifier,
+    verify_log,
+    verify_log_parallel,
+)
 from exchange.ledger.checkpoint import Checkpoint, parse_checkpoint_note
 from exchange.ledger.entry import GENESIS_PREV, NewEntry, make_entry
 from exchange.ledger.proof import proof_document
 from exchange.ledger.signer import LogSigner
-from exchange.storage.db import session_scope
+from exchange.storage.db import make_engine, session_scope
 
 # pg_advisory_xact_lock key serializing ledger appends: the first 8 bytes of SHA-256("exchange.ledger").
 APPEND_LOCK_KEY = int.from_bytes(
@@ -422,16 +430,128 @@ def _stream(session: Session, query: str, batch: int) -> Generator[Any, None, No
     # transaction, because SQLAlchemy's per-row objects would cost more than the hashing.
     # Both drivers return BLOB/bytea as bytes.
     connection = session.connection()
-    driver = connection.connection.driver_connection
-    if connection.dialect.name == "postgresql":
+    return _driver_stream(
+        connection.connection.driver_connection, connection.dialect.name, query, (), batch
+    )
+
+
+def _driver_stream(
+    driver: Any, dialect: str, query: str, params: tuple[int, ...], batch: int
+) -> Generator[Any, None, None]:
+    if dialect == "postgresql":
         # A named (server-side) cursor: rows arrive `batch` at a time, not all at once.
-        cursor = driver.cursor(name=f"ledger_audit_{secrets.token_hex(4)}")  # type: ignore[union-attr]  # psycopg
+        cursor = driver.cursor(name=f"ledger_audit_{secrets.token_hex(4)}")
         cursor.itersize = batch
+        query = query.replace("?", "%s")
     else:
-        cursor = driver.cursor()  # type: ignore[union-attr]  # sqlite3
+        cursor = driver.cursor()
     try:
-        cursor.execute(query)
+        cursor.execute(query, params)
         while rows := cursor.fetchmany(batch):
             yield from rows
     finally:
         cursor.close()
+
+
+def _bounded(query: str, column: str, lo: int, hi: int | None) -> tuple[str, tuple[int, ...]]:
+    if hi is None:
+        return f"{query} WHERE {column} >= ? ORDER BY {column}", (lo,)
+    return f"{query} WHERE {column} >= ? AND {column} < ? ORDER BY {column}", (lo, hi)
+
+
+class StoredLog:
+    """The ledger tables as an `audit.LogSource` for `audit.verify_log_parallel`.
+
+    In the process that made it, every read runs in `session`'s transaction, the one the
+    checkpoint was read in (on SQLite it holds the write lock, so the log cannot grow under
+    the audit). Forked worker processes open their own plain read connection from `url`: they
+    read only entries the checkpoint already covers, which no honest append ever changes.
+    """
+
+    def __init__(self, session: Session, url: str, *, batch: int = 10_000) -> None:
+        self._session = session
+        self._url = url
+        self._batch = batch
+        self._pid = os.getpid()
+        self._driver: Any = None
+
+    def _read(self, query: str, params: tuple[int, ...]) -> Generator[Any, None, None]:
+        if os.getpid() == self._pid:
+            connection = self._session.connection()
+            driver = connection.connection.driver_connection
+            dialect = connection.dialect.name
+        else:
+            if self._driver is None:
+                # A raw DB-API connection: SQLAlchemy's begin hook would start a write
+                # transaction (BEGIN IMMEDIATE) on SQLite, which the parent already holds.
+                self._driver = make_engine(self._url).raw_connection().driver_connection
+            driver = self._driver
+            dialect = "postgresql" if self._url.startswith("postgresql") else "sqlite"
+        return _driver_stream(driver, dialect, query, params, self._batch)
+
+    def entries(self, lo: int, hi: int | None) -> Generator[tuple[int, bytes, bytes], None, None]:
+        """Entry rows with lo <= seq (< hi), in seq order, streamed."""
+        return self._read(
+            *_bounded("SELECT seq, data, entry_hash FROM ledger_entry", "seq", lo, hi)
+        )
+
+    def hashes(self, lo: int, hi: int | None) -> Generator[bytes, None, None]:
+        """Stored hashes with lo <= index (< hi), in index order, streamed."""
+        rows = self._read(*_bounded("SELECT hash FROM ledger_hash", "idx", lo, hi))
+        try:
+            yield from map(itemgetter(0), rows)
+        finally:
+            rows.close()
+
+    def counts(self) -> tuple[int, int]:
+        """Rows in the entry table and in the stored-hash table."""
+        connection = self._session.connection()
+        entries = connection.exec_driver_sql("SELECT count(*) FROM ledger_entry").scalar_one()
+        hashes = connection.exec_driver_sql("SELECT count(*) FROM ledger_hash").scalar_one()
+        return int(entries), int(hashes)
+
+
+def can_fork_readers(engine: Engine) -> bool:
+    """Whether other processes can open this database (not an in-memory SQLite one)."""
+    url = engine.url
+    return url.get_backend_name() == "postgresql" or url.database not in (None, "", ":memory:")
+
+
+def verify_stored_log(
+    session: Session,
+    *,
+    verify_note: NoteVerifier,
+    workers: int = 1,
+    deep: Callable[[bytes], object] | None = None,
+    chunk_size: int = CHUNK,
+) -> AuditSummary:
+    """Verify the whole stored ledger against its latest checkpoint (`audit.verify_log`).
+
+    With `workers` >= 2 (and no `deep`), the aligned chunks are checked by that many forked
+    processes; the outcome and any error are the same. `session` must not have read anything
+    yet (on PostgreSQL its snapshot is set here). Raises `VerificationError`.
+    """
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        # One snapshot for the checkpoint and every row this process reads.
+        connection.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    note = latest_checkpoint(session)
+    engine = session.get_bind()
+    if workers >= 2 and deep is None and isinstance(engine, Engine) and can_fork_readers(engine):
+        source = StoredLog(session, engine.url.render_as_string(hide_password=False))
+        return verify_log_parallel(
+            source,
+            checkpoint_note=note,
+            verify_note=verify_note,
+            workers=workers,
+            chunk_size=chunk_size,
+        )
+    with log_rows(session) as (entries, hashes):
+        return verify_log(
+            entries,
+            hashes,
+            checkpoint_note=note,
+            verify_note=verify_note,
+            deep=deep,
+            chunk_size=chunk_size,
+        )
