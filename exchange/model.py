@@ -178,19 +178,26 @@ def _is_plain(value: object) -> bool:
     same by code point as by UTF-16 code unit (true for any key below U+D800). Floats, and keys
     that could sort differently, take the slow, general path.
     """
-    kind = type(value)
-    if kind is str or kind is bool or value is None:
-        return True
-    if kind is int:
-        return -_MAX_SAFE_INTEGER <= value <= _MAX_SAFE_INTEGER  # type: ignore[operator]  # kind is int
-    if kind is list:
-        return all(_is_plain(item) for item in value)  # type: ignore[attr-defined]  # kind is list
-    if kind is dict:
-        return all(
-            type(key) is str and (key.isascii() or max(key) < "\ud800") and _is_plain(item)
-            for key, item in value.items()  # type: ignore[attr-defined]  # kind is dict
-        )
-    return False
+    # A loop over a stack, not recursion: this runs on every ledger append.
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        kind = type(item)
+        if kind is str or kind is bool or item is None:
+            continue
+        if kind is int:
+            if not -_MAX_SAFE_INTEGER <= item <= _MAX_SAFE_INTEGER:  # type: ignore[operator]  # kind is int
+                return False
+        elif kind is dict:
+            for key in item:  # type: ignore[attr-defined]  # kind is dict
+                if type(key) is not str or not (key.isascii() or max(key) < "\ud800"):
+                    return False
+            pending.extend(item.values())  # type: ignore[attr-defined]  # kind is dict
+        elif kind is list:
+            pending.extend(item)  # type: ignore[arg-type]  # kind is list
+        else:
+            return False
+    return True
 
 
 def canonical_bytes(obj: object) -> bytes:

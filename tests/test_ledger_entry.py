@@ -7,6 +7,8 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+import rfc8785
+from hypothesis import given, strategies as st
 
 from exchange.errors import InvalidInputError
 from exchange.ledger.entry import (
@@ -165,3 +167,31 @@ def test_parse_refuses_non_canonical_bytes(now: datetime) -> None:
 def test_utc_now_is_accepted() -> None:
     entry, _ = make_entry(new(), seq=0, prev=GENESIS_PREV, time=datetime.now(UTC))
     assert entry.time.endswith("Z")
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53) + 1, 2**53 - 1) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@given(
+    details=st.dictionaries(st.text(max_size=6), _JSON, max_size=5),
+    subject=st.text(min_size=1, max_size=12).filter(lambda s: not s.isspace() and s.strip() != ""),
+    seq=st.integers(0, 2**53 - 1),
+)
+def test_entry_bytes_are_the_models_rfc8785_form(
+    details: dict[str, Any], subject: str, seq: int
+) -> None:
+    # make_entry serializes the validated plain dict, not the model: the two must never differ.
+    actor = Actor(agency="PH-NBI", country="PH", subject=subject)
+    entry, data = make_entry(
+        new(actor=actor, details=details),
+        seq=seq,
+        prev="ab" * 32,
+        time=datetime(2026, 11, 29, 12, 0, tzinfo=UTC),
+    )
+    assert data == rfc8785.dumps(entry.to_wire())

@@ -10,6 +10,7 @@ import hashlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field, ValidationError
@@ -102,6 +103,7 @@ class NewEntry:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+@lru_cache(maxsize=256)
 def format_time(now: datetime) -> str:
     """RFC 3339 UTC with microseconds and a Z suffix; raises `InvalidInputError` if naive."""
     if now.tzinfo is None or now.utcoffset() is None:
@@ -123,8 +125,8 @@ def make_entry(new: NewEntry, *, seq: int, prev: str, time: datetime) -> tuple[L
         "seq": seq,
         "prev": prev,
         "time": format_time(time),
-        "actor": new.actor,
-        "action": new.action,
+        "actor": _actor_wire(new.actor),
+        "action": str(new.action),
         "details": new.details,
     }
     if new.case_id is not None:
@@ -135,7 +137,15 @@ def make_entry(new: NewEntry, *, seq: int, prev: str, time: datetime) -> tuple[L
         entry = LedgerEntry.model_validate(wire)
     except ValidationError as exc:
         raise InvalidInputError(f"ledger entry {_first_error(exc)}") from exc
-    return entry, canonical_bytes(entry)
+    # `wire` passed validation and holds only plain JSON values, so its canonical bytes are the
+    # entry's (a test holds the two equal); skipping the model's dump saves a third of the time.
+    return entry, canonical_bytes(wire)
+
+
+@lru_cache(maxsize=1024)
+def _actor_wire(actor: Actor) -> dict[str, str]:
+    # Requests of one client share one Actor; its plain form is the same every time.
+    return actor.to_wire()
 
 
 def parse_entry(data: bytes) -> LedgerEntry:
