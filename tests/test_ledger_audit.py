@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -358,3 +359,22 @@ def build_from_rows(log: LogSigner, rows: list[tuple[int, bytes]]) -> Log:
     size = len(rows)
     note = log.sign(Checkpoint(origin=ORIGIN, size=size, root_hash=tlog.tree_hash(size, read)))
     return Log(entries, [h for _, h in sorted(stored.items())], note)
+
+
+def test_a_failing_worker_sends_the_audit_back_in_order(log: LogSigner, good: Log) -> None:
+    parent = os.getpid()
+
+    class WorkersCannotRead(MemoryLog):
+        def entries(self, lo: int, hi: int | None) -> Iterable[tuple[int, bytes, bytes]]:
+            if os.getpid() != parent:
+                raise RuntimeError("worker lost its database")
+            return super().entries(lo, hi)
+
+    summary = verify_log_parallel(
+        WorkersCannotRead(good.entries, good.hashes),
+        checkpoint_note=good.note,
+        verify_note=log.verifier().verify,
+        workers=2,
+        chunk_size=4,
+    )
+    assert summary.entries == 37

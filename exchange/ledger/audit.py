@@ -27,7 +27,6 @@ import hashlib
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -277,7 +276,9 @@ def _verify_chunks_in_parallel(
             initargs=(source,),
         ) as pool:
             results = list(pool.map(_check_range, ranges))
-    except (OSError, ValueError, BrokenProcessPool):
+    except Exception:  # e.g. no fork here, a dead worker, a worker's read failing
+        # Whatever went wrong in the workers, the in-order walk re-checks everything in this
+        # process and reports any real fault (or the database's own error) where it is.
         return None
     walk = _Walk(chunk_size)
     for links in results:
