@@ -2,6 +2,7 @@
 
     python bench/ledger.py                 # 100k entries (about a minute on 2 cores)
     python bench/ledger.py --sizes 100000,1000000   # adds 1M (several more minutes; opt-in)
+    python bench/ledger.py --api           # appends through the API under concurrent uploads
 
 For each size n it prints: batched append rate (append_many, --batch entries per transaction),
 one-entry-per-transaction append rate (measured over --single appends on top of the n-entry
@@ -202,6 +203,11 @@ def bench_pymerkle(datas: list[bytes], work: Path, *, single: int, proofs: int) 
 
 
 def main() -> None:
+    if "--api" in sys.argv[1:]:
+        # Appends arriving through the API under concurrent uploads: bench/ledger_api.py.
+        import ledger_api  # bench/ is on sys.path when this runs as a script
+
+        sys.exit(ledger_api.main([a for a in sys.argv[1:] if a != "--api"]))
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
