@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import gc
 import hashlib
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -266,6 +267,9 @@ def _verify_chunks_in_parallel(
     parts = min(chunks, workers * 4)
     bounds = [chunks * i // parts * chunk_size for i in range(parts + 1)]
     ranges = [(lo, hi, chunk_size) for lo, hi in pairwise(bounds) if lo < hi]
+    # Frozen, the objects this process holds are left alone by the children's collections,
+    # which would otherwise touch (and so copy) every page of a log held in memory.
+    gc.freeze()
     try:
         # fork: the children inherit `source` as it is, nothing is pickled but the results.
         context = multiprocessing.get_context("fork")
@@ -280,6 +284,8 @@ def _verify_chunks_in_parallel(
         # Whatever went wrong in the workers, the in-order walk re-checks everything in this
         # process and reports any real fault (or the database's own error) where it is.
         return None
+    finally:
+        gc.unfreeze()
     walk = _Walk(chunk_size)
     for links in results:
         if links is None:
