@@ -3,6 +3,7 @@
     python bench/api.py                           # 1, 8, 32 clients, 3 s per cell (about 1 min)
     python bench/api.py --seconds 10              # longer cells, steadier figures
     python bench/api.py --profile /tmp/api.txt    # also a pyinstrument profile of the server
+    python bench/api.py --caller partner          # as PH-NBI under a grant, not as the owner
 
 The server is the real app (`create_app` on embedded defaults: SQLite + local store) in a
 subprocess started by this script with `--child`, which adds one route, `GET /bench/raw/{name}`,
@@ -23,10 +24,12 @@ import statistics
 import sys
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 from common import (
+    TH_INVESTIGATOR,
     BenchServer,
     core_count,
     exchange_server,
@@ -42,6 +45,7 @@ from exchange.client import file_url
 
 OBJECT_BYTES = 4096
 NAME = "small.bin"
+PH_PARTNER = "ph-nbi-partner"
 
 
 def child(port: int, profile: Path | None) -> None:
@@ -86,6 +90,9 @@ def child(port: int, profile: Path | None) -> None:
     async def stop_profile() -> Response:
         profiler.stop()
         profile.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+        # The raw session too, to re-render in full: `pyinstrument --load FILE.pyisession`.
+        if profiler.last_session is not None:
+            profiler.last_session.save(str(profile.with_suffix(".pyisession")))
         return Response(status_code=204)
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
@@ -115,10 +122,25 @@ async def hammer(url: str, token: str, clients: int, seconds: float) -> tuple[fl
     return len(latencies) / elapsed, cuts[49] * 1000, cuts[98] * 1000
 
 
-def prepare(server: BenchServer, work: Path) -> tuple[str, dict[str, str]]:
-    """Upload a sealed 4 KiB object; hold the same bytes as baselines. Returns token and URLs."""
+def prepare(server: BenchServer, work: Path, caller: str) -> tuple[str, dict[str, str]]:
+    """Upload a sealed 4 KiB object; hold the same bytes as baselines. Returns token and URLs.
+
+    `caller` "owner" reads as the TH investigator who uploaded; "partner" as PH-NBI under a
+    grant to PH, so that every request also reads the case's grants.
+    """
     client = server.client()
     case_id = new_case(client)
+    if caller == "partner":
+        expires = datetime.now(UTC) + timedelta(days=30)
+        client.add_grant(
+            case_id,
+            {
+                "grantee_country": "PH",
+                "scope": ["read"],
+                "legal_basis": {"type": "mla", "reference": "MLA-BENCH-1"},
+                "expires_at": expires.isoformat(),
+            },
+        )
     source = random_file(work / NAME, OBJECT_BYTES)
     manifest, jws = signed_single_file_package(source, name=NAME, sha256=sha256_file(source))
     package_id = str(manifest["package_id"])
@@ -139,7 +161,7 @@ def prepare(server: BenchServer, work: Path) -> tuple[str, dict[str, str]]:
         "GET /v1/cases/{id}": f"{server.url}/v1/cases/{case_id}",
         "case baseline": f"{server.url}/bench/raw/case",
     }
-    return server.token(), urls
+    return server.token(PH_PARTNER if caller == "partner" else TH_INVESTIGATOR), urls
 
 
 def main() -> int:
@@ -148,6 +170,12 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each cell")
     parser.add_argument("--clients", default="1,8,32", help="concurrencies")
     parser.add_argument("--profile", type=Path, help="write a pyinstrument profile of the server")
+    parser.add_argument(
+        "--caller",
+        choices=["owner", "partner"],
+        default="owner",
+        help="the case's owner, or a partner under a grant",
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -162,13 +190,14 @@ def main() -> int:
         print("profiling: thread-pool work runs inline, so only 1 client is meaningful")
     print(
         f"api: requests/s and latency, exchange vs bare FastAPI on the same process; {core_count()}"
+        f"; caller: {args.caller}"
     )
     rows: list[list[object]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
         exchange_server(Path(tmp), argv=argv) as server,
     ):
-        token, urls = prepare(server, Path(tmp))
+        token, urls = prepare(server, Path(tmp), args.caller)
         if args.profile is not None:
             httpx.post(f"{server.url}/bench/profile/start").raise_for_status()
         pairs = [

@@ -82,6 +82,19 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def drop_cached(path: Path) -> None:
+    """Evict a file's clean pages from the page cache, so that the next read starts cold.
+
+    Both sides of a local comparison start so: on a VM whose fresh page-cache pages are slow to
+    come by, whoever reads a file second would otherwise get it from memory (docs/performance.md).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 TRANSFER_COLUMNS = [
     *("backend", "size", "exchange MiB/s", "raw MiB/s", "ratio"),
     *("bare HTTP MiB/s", "exchange/HTTP", "server peak RSS"),

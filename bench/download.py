@@ -6,7 +6,8 @@
 
 Exchange, timed: GET the file of a sealed package (the server re-hashes while streaming and
 writes `bundle.fetched` first) into a file, the client hashing it against the manifest as
-`exchange fetch` does. Raw: the stored blob read straight into a file (local), or a minio
+`exchange fetch` does. Raw: the stored blob read straight into a file (local; the blob's pages
+are dropped from the page cache before each of the two reads, so both start cold), or a minio
 `get_object` of the same bytes from the same moto server into a file (S3), neither hashed.
 Prints MiB/s of each, the ratio exchange/raw (goal >= 0.8), and the server's peak RSS. For the
 diagnosis, "bare HTTP" is the same client GET, hashing, from a FastAPI `StreamingResponse` of a
@@ -30,6 +31,7 @@ from common import (
     MiB,
     bare_http_argv,
     core_count,
+    drop_cached,
     exchange_server,
     human,
     new_case,
@@ -104,9 +106,15 @@ def bare_http(work: Path, size: int, out: Path) -> float:
     return seconds
 
 
+def stored_blob(server: BenchServer, sha256: str) -> Path:
+    """The local store's file of the blob."""
+    return next(p for p in (server.data_dir / "blobs").rglob("*") if sha256 in p.name)
+
+
 def raw_local(server: BenchServer, sha256: str, out: Path) -> float:
-    """Seconds to copy the stored blob into `out` (plain read + write)."""
-    blob = next(p for p in (server.data_dir / "blobs").rglob("*") if sha256 in p.name)
+    """Seconds to copy the stored blob into `out` (plain read + write), from a cold cache."""
+    blob = stored_blob(server, sha256)
+    drop_cached(blob)
     start = time.perf_counter()
     with blob.open("rb") as src, out.open("wb") as dst:
         shutil.copyfileobj(src, dst, MiB)
@@ -143,6 +151,8 @@ def run(work: Path, source: Path, sha256: str, s3: S3Server | None) -> tuple[flo
     out = work / "fetched"
     with exchange_server(work, s3=s3) as server:
         case_id, package_id = upload(server, source, sha256)
+        if s3 is None:
+            drop_cached(stored_blob(server, sha256))  # both reads start cold: see drop_cached
         ours = exchange_fetch(server, case_id, package_id, sha256, out)
         rss = server.peak_rss_mib()
         raw = raw_s3(s3, source, out) if s3 is not None else raw_local(server, sha256, out)

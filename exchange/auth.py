@@ -13,10 +13,13 @@ and `typ` is checked at all (PyJWT never does).
 
 from __future__ import annotations
 
+import hashlib
 import re
 import secrets
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta, tzinfo
 from typing import Any, Final
 
 import jwt
@@ -44,6 +47,8 @@ MAX_ASSERTION_LIFETIME: Final = timedelta(minutes=5)
 # Tolerated clock difference for iat/nbf in the future (client clocks, replicas); never for exp.
 CLOCK_LEEWAY: Final = timedelta(seconds=30)
 MAX_TOKEN_LENGTH: Final = 8192
+# Verified access tokens remembered per verifier (see `TokenVerifier.verify`).
+VERIFIED_CACHE_SIZE: Final = 1024
 
 # One table: the scopes each role's token carries, before per-case read scopes are appended.
 # Admins run the registry (agencies, keys, clients) and may audit custody, but hold no evidence
@@ -386,8 +391,22 @@ class TokenIssuer:
         return {"keys": [jwk(k) for k in self._public_keys.values()]}
 
 
+@dataclass(frozen=True)
+class _Verified:
+    """What a verified access token proved, and the times to check again on every use."""
+
+    principal: Principal
+    exp: int
+    not_before: int  # the later of nbf and iat
+
+
 class TokenVerifier:
-    """Verifies the exchange's access tokens against pinned Ed25519 keys and returns a Principal."""
+    """Verifies the exchange's access tokens against pinned Ed25519 keys and returns a Principal.
+
+    A token that verified is remembered (by its SHA-256, up to `cache_size` of them): its
+    signature, header and claims are a function of its bytes and of the pinned keys, which never
+    change for this verifier, so only the time checks are repeated when it comes back.
+    """
 
     def __init__(
         self,
@@ -396,6 +415,7 @@ class TokenVerifier:
         issuer: str,
         audience: str,
         max_ttl: timedelta = MAX_ACCESS_TOKEN_TTL,
+        cache_size: int = VERIFIED_CACHE_SIZE,
     ) -> None:
         """`keys` maps kid -> Ed25519 public key; each kid must be that key's own id."""
         self._keys: dict[str, ed25519.Ed25519PublicKey] = {}
@@ -408,10 +428,37 @@ class TokenVerifier:
         self._audience = audience
         self._max_ttl = int(max_ttl.total_seconds())
         self._options = _pinned_options(_ACCESS_CLAIMS, strict_aud=True)
+        self._cache_size = cache_size
+        self._verified: dict[bytes, _Verified] = {}
+        self._lock = threading.Lock()  # verify runs on the event loop and in worker threads
 
     def verify(self, token: str, *, now: datetime) -> Principal:
         """Verify signature, header, issuer, audience, times and claims; raise `UnauthenticatedError`."""
         what = "invalid access token"
+        if len(token) > MAX_TOKEN_LENGTH:  # before hashing it
+            raise _reject(f"{what}: malformed")
+        digest = hashlib.sha256(token.encode()).digest()
+        current = _epoch(now)
+        known = self._verified.get(digest)
+        if known is not None and known.principal.expires_at.tzinfo is now.tzinfo:
+            _check_times(known.exp, known.not_before, current, what=what)
+            return known.principal
+        verified = self._verify_uncached(token, current=current, tzinfo=now.tzinfo, what=what)
+        self._remember(digest, verified, current)
+        return verified.principal
+
+    def _remember(self, digest: bytes, verified: _Verified, current: int) -> None:
+        with self._lock:
+            if len(self._verified) >= self._cache_size:
+                live = {d: v for d, v in self._verified.items() if v.exp > current}
+                # Still full of live tokens: start over rather than track recency per hit.
+                self._verified = live if len(live) < self._cache_size else {}
+            if self._cache_size > 0:
+                self._verified[digest] = verified
+
+    def _verify_uncached(
+        self, token: str, *, current: int, tzinfo: tzinfo | None, what: str
+    ) -> _Verified:
         header = _read_header(token, what=what)
         if set(header) != {"alg", "kid", "typ"}:
             raise _reject(f"{what}: header")
@@ -446,15 +493,10 @@ class TokenVerifier:
         except jwt.PyJWTError as exc:
             raise _reject(f"{what}: malformed") from exc
 
-        current = _epoch(now)
-        leeway = int(CLOCK_LEEWAY.total_seconds())
         exp = _numeric_date(claims, "exp", what=what)
         iat = _numeric_date(claims, "iat", what=what)
         nbf = _numeric_date(claims, "nbf", what=what)
-        if exp <= current:
-            raise _reject(f"{what}: expired")
-        if nbf > current + leeway or iat > current + leeway:
-            raise _reject(f"{what}: not yet valid")
+        _check_times(exp, max(nbf, iat), current, what=what)
         if exp - iat > self._max_ttl:
             raise _reject(f"{what}: lifetime too long")
 
@@ -474,12 +516,20 @@ class TokenVerifier:
         scopes = scope.split(" ")
         if not all(SCOPE_TOKEN_PATTERN.match(s) for s in scopes):
             raise _reject(f"{what}: scope")
-        return Principal(
+        principal = Principal(
             client_id=client_id,
             agency=agency,
             country=country,
             role=role,
             scopes=frozenset(scopes),
             token_id=jti,
-            expires_at=datetime.fromtimestamp(exp, tz=now.tzinfo),
+            expires_at=datetime.fromtimestamp(exp, tz=tzinfo),
         )
+        return _Verified(principal=principal, exp=exp, not_before=max(nbf, iat))
+
+
+def _check_times(exp: int, not_before: int, current: int, *, what: str) -> None:
+    if exp <= current:
+        raise _reject(f"{what}: expired")
+    if not_before > current + int(CLOCK_LEEWAY.total_seconds()):
+        raise _reject(f"{what}: not yet valid")

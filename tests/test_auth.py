@@ -396,6 +396,69 @@ def test_duplicate_header_key_is_rejected(verifier: TokenVerifier, issuer_signer
     rejected(verifier, token, "malformed header")
 
 
+# --------------------------------------------------------------------------- verified-token memo
+
+
+def test_token_verified_before_still_has_its_times_checked(issuer: TokenIssuer):
+    verifier = TokenVerifier(issuer.verification_keys(), issuer=ISSUER, audience=AUDIENCE)
+    token = issue(issuer)
+    assert verifier.verify(token, now=NOW).client_id == "ph-nbi-partner-1"
+    # Remembered now; expiry and not-before are still checked against each request's time.
+    with pytest.raises(UnauthenticatedError, match=r"^invalid access token: expired$"):
+        verifier.verify(token, now=NOW + timedelta(seconds=900))
+    with pytest.raises(UnauthenticatedError, match=r"^invalid access token: not yet valid$"):
+        verifier.verify(token, now=NOW - timedelta(seconds=31))
+    assert verifier.verify(token, now=NOW - timedelta(seconds=30)).client_id
+
+
+def test_remembered_token_gives_the_same_principal(issuer: TokenIssuer):
+    token = issue(issuer, role=Role.INVESTIGATOR)
+    fresh = TokenVerifier(issuer.verification_keys(), issuer=ISSUER, audience=AUDIENCE)
+    first = fresh.verify(token, now=NOW)
+    again = fresh.verify(token, now=NOW + timedelta(minutes=10))
+    other = TokenVerifier(issuer.verification_keys(), issuer=ISSUER, audience=AUDIENCE)
+    assert first == again == other.verify(token, now=NOW + timedelta(minutes=10))
+
+
+def test_a_token_differing_from_a_remembered_one_is_verified_afresh(issuer: TokenIssuer):
+    verifier = TokenVerifier(issuer.verification_keys(), issuer=ISSUER, audience=AUDIENCE)
+    token = issue(issuer)
+    verifier.verify(token, now=NOW)
+    head, body, signature = token.split(".")
+    claims = json.loads(b64url_decode(body))
+    claims["role"] = "investigator"
+    rejected(verifier, f"{head}.{b64url(json.dumps(claims).encode())}.{signature}", "signature")
+    flipped = signature[:-2] + ("A" if signature[-2] != "A" else "B") + signature[-1]
+    rejected(verifier, f"{head}.{body}.{flipped}", "signature")
+
+
+def test_rejections_are_not_remembered(issuer: TokenIssuer, issuer_signer: Signer):
+    verifier = TokenVerifier(issuer.verification_keys(), issuer=ISSUER, audience=AUDIENCE)
+    # Not yet valid at NOW, valid a minute later: the first refusal must not stick.
+    token = issue(issuer, now=NOW + timedelta(minutes=1))
+    rejected(verifier, token, "not yet valid")
+    assert verifier.verify(token, now=NOW + timedelta(minutes=1)).client_id
+    forged = forge(good_header(issuer_signer), good_claims(), Signer.generate().sign)
+    rejected(verifier, forged, "signature")
+    rejected(verifier, forged, "signature")
+
+
+def test_a_full_memo_keeps_verifying_every_token(issuer: TokenIssuer):
+    verifier = TokenVerifier(
+        issuer.verification_keys(), issuer=ISSUER, audience=AUDIENCE, cache_size=2
+    )
+    tokens = [issue(issuer, now=NOW - timedelta(minutes=i)) for i in range(5)]
+    for _ in range(3):
+        for token in tokens:
+            assert verifier.verify(token, now=NOW).token_id == parts(token)[1]["jti"]
+    with pytest.raises(UnauthenticatedError, match=r"expired$"):
+        verifier.verify(tokens[-1], now=NOW + timedelta(minutes=11))
+    unmemoized = TokenVerifier(
+        issuer.verification_keys(), issuer=ISSUER, audience=AUDIENCE, cache_size=0
+    )
+    assert unmemoized.verify(tokens[0], now=NOW) == verifier.verify(tokens[0], now=NOW)
+
+
 # --------------------------------------------------------------------------- client assertions
 
 

@@ -1,13 +1,19 @@
-"""Schema migration: nodes starting together on one PostgreSQL database never race on DDL."""
+"""Schema migration races; read-only sessions; SQLite writers taking turns within a process."""
 
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
+import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import Engine, inspect, text
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, PendingRollbackError
+from sqlmodel import Session
 
-from exchange.storage.db import alembic_config, create_schema, make_engine
+from exchange.storage.db import alembic_config, create_schema, make_engine, session_scope
 
 
 def _migrate(url: str) -> None:
@@ -37,3 +43,125 @@ def test_four_nodes_migrating_at_once_all_succeed(fresh_pg_url: str):
         )
     finally:
         engine.dispose()
+
+
+# --------------------------------------------------------------------------- read-only sessions
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[Engine]:
+    engine = make_engine(db_url)
+    with session_scope(engine) as session:
+        session.execute(text("CREATE TABLE item (n INTEGER PRIMARY KEY)"))
+    yield engine
+    engine.dispose()
+
+
+def _count(session: Session) -> int:
+    return int(session.execute(text("SELECT count(*) FROM item")).scalar_one())
+
+
+def _insert(engine: Engine, *values: int, read_only: bool = False) -> None:
+    with session_scope(engine, read_only=read_only) as session:
+        for n in values:
+            session.execute(text("INSERT INTO item VALUES (:n)"), {"n": n})
+
+
+def _fail_after_insert(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        session.execute(text("INSERT INTO item VALUES (1)"))
+        raise RuntimeError("use case failed")
+
+
+def _invalidate_after_insert(engine: Engine) -> None:
+    with session_scope(engine) as session:
+        session.execute(text("INSERT INTO item VALUES (3)"))
+        session.connection().invalidate()  # the DB-API connection is closed under it
+
+
+def test_read_only_session_reads_and_refuses_writes(engine: Engine):
+    with session_scope(engine) as session:
+        session.execute(text("INSERT INTO item VALUES (1)"))
+    with session_scope(engine, read_only=True) as session:
+        assert _count(session) == 1
+    with pytest.raises(DBAPIError, match=r"read-only|readonly"):
+        _insert(engine, 2, read_only=True)
+    # The pooled connection goes back to writing for the next ordinary session.
+    with session_scope(engine) as session:
+        session.execute(text("INSERT INTO item VALUES (3)"))
+    with session_scope(engine, read_only=True) as session:
+        assert _count(session) == 2
+
+
+def test_sqlite_reader_does_not_wait_for_an_open_writer(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with session_scope(engine) as session:
+        session.execute(text("CREATE TABLE item (n INTEGER PRIMARY KEY)"))
+    with session_scope(engine) as writer:
+        writer.execute(text("INSERT INTO item VALUES (1)"))
+        # The writer holds SQLite's write lock and the process's writer turn; a reader on the
+        # same thread would block on either (and fail after the busy timeout) if it took them.
+        with session_scope(engine, read_only=True) as reader:
+            assert _count(reader) == 0  # its own snapshot, without the uncommitted row
+    with session_scope(engine, read_only=True) as reader:
+        assert _count(reader) == 1
+    engine.dispose()
+
+
+def _write_beside_a_reader(engine: Engine, n: int) -> None:
+    # The reader takes the pooled connection the last transaction ran on, so the write needs
+    # another: had that one kept the writer turn, the write would time out and fail.
+    with session_scope(engine, read_only=True) as reader:
+        _count(reader)
+        _insert(engine, n)
+
+
+def test_sqlite_writer_turn_is_given_back_however_a_transaction_ends(tmp_path: Path):
+    # One pooled connection, so that the reader below always gets the one just used.
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}", pool_size=1, max_overflow=4)
+    with session_scope(engine) as session:
+        session.execute(text("CREATE TABLE item (n INTEGER PRIMARY KEY)"))
+    _insert(engine, 10)
+    _write_beside_a_reader(engine, 11)
+    with pytest.raises(RuntimeError):
+        _fail_after_insert(engine)
+    _write_beside_a_reader(engine, 12)
+    with pytest.raises(IntegrityError):
+        _insert(engine, 2, 2)
+    _write_beside_a_reader(engine, 13)
+    with pytest.raises(PendingRollbackError):
+        _invalidate_after_insert(engine)
+    _write_beside_a_reader(engine, 14)
+    with pytest.raises(OperationalError, match="readonly"):
+        _insert(engine, 4, read_only=True)
+    _write_beside_a_reader(engine, 15)
+    # Begun on one thread and committed on another, as FastAPI runs a SessionDep.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        session = pool.submit(lambda: Session(engine)).result()
+        pool.submit(lambda: session.execute(text("INSERT INTO item VALUES (5)"))).result()
+        pool.submit(session.commit).result()
+        pool.submit(session.close).result()
+    _write_beside_a_reader(engine, 16)
+    with session_scope(engine, read_only=True) as session:
+        rows = [r[0] for r in session.execute(text("SELECT n FROM item ORDER BY n"))]
+    assert rows == [5, 10, 11, 12, 13, 14, 15, 16]
+    engine.dispose()
+
+
+def test_sqlite_writers_on_many_threads_all_commit(tmp_path: Path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with session_scope(engine) as session:
+        session.execute(text("CREATE TABLE item (n INTEGER PRIMARY KEY)"))
+
+    def write(n: int) -> None:
+        with session_scope(engine) as session:
+            # Read, then write what was read: lost updates would show as a short count.
+            seen = _count(session)
+            session.execute(text("INSERT INTO item VALUES (:n)"), {"n": n * 1000 + seen})
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(write, range(200)))
+    with session_scope(engine, read_only=True) as session:
+        rows = sorted(r[0] % 1000 for r in session.execute(text("SELECT n FROM item")))
+    assert rows == list(range(200))  # every writer saw all the commits before its own
+    engine.dispose()

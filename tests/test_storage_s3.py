@@ -20,7 +20,7 @@ from exchange.errors import (
 )
 from exchange.storage.s3 import S3BlobStore
 from tests.s3server import TEST_PART_SIZE, S3Server
-from tests.test_storage_blobstore import Source
+from tests.test_storage_blobstore import Source, leftovers
 
 MIB = 1024 * 1024
 RETENTION_DAYS = 3
@@ -62,17 +62,18 @@ def test_locked_upload_carries_a_compliance_retention(
     data = body(2000)
     with caplog.at_level(logging.INFO, logger="exchange.storage.s3"):
         key = put(locked_store, data)
-    assert "applying retention" not in caplog.text  # locked by the CopyObject itself
+    assert "applying retention" not in caplog.text  # locked by the PUT itself
     retention = locked_store.retention_of(key)
     assert retention is not None
     assert retention.mode == "COMPLIANCE"
     assert retention.retain_until == clock_now + timedelta(days=RETENTION_DAYS)
     assert read_all(locked_store, key) == data
-    # moto refused the first plain locked copy and the store learned to add the checksum
+    # moto refused the first plain locked PUT and the store learned to add the checksum
     # headers; the next upload sends them at once.
     second = put(locked_store, body(10, seed=2))
     assert locked_store.retention_of(second) == retention
-    assert locked_store.stored_names("staging/") == []
+    assert sorted(locked_store.stored_names()) == sorted([key, second])  # one version each
+    assert leftovers(locked_store) == []
 
 
 def test_locked_blob_cannot_be_deleted(locked_store: S3BlobStore):
@@ -84,12 +85,15 @@ def test_locked_blob_cannot_be_deleted(locked_store: S3BlobStore):
 
 
 def test_bad_upload_to_a_locked_bucket_leaves_no_version_behind(locked_store: S3BlobStore):
-    good, bad = body(6 * MIB, seed=1), body(6 * MIB, seed=2)  # multipart staging upload
+    good, bad = body(6 * MIB, seed=1), body(6 * MIB, seed=2)  # multipart upload
+    source = Source(bad)
     with pytest.raises(VerificationError) as caught:
-        locked_store.put(Source(bad), sha256=sha(good), size=len(good))
+        locked_store.put(source, sha256=sha(good), size=len(good))
     assert caught.value.reason == "hash_mismatch"
-    # Versions and delete markers included: the staging version was removed by its id.
+    assert source.handed_out == len(bad)  # the whole body was read and hashed first
+    # Versions and delete markers included: the upload was never completed, and was aborted.
     assert locked_store.stored_names() == []
+    assert leftovers(locked_store) == []
 
 
 @pytest.mark.parametrize("size", [1000, 6 * MIB + 1], ids=["single-put", "multipart"])
@@ -101,28 +105,44 @@ def test_short_body_to_a_locked_bucket_leaves_not_even_a_delete_marker(
         locked_store.put(Source(data[:-1]), sha256=sha(data), size=size)
     assert caught.value.reason == "size_mismatch"
     assert locked_store.stored_names() == []
+    assert leftovers(locked_store) == []
 
 
-def test_large_blob_composed_by_part_copies_is_locked_afterwards(
-    s3_server: S3Server, clock_now: datetime, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("size", [1000, 6 * MIB + 1], ids=["single-put", "multipart"])
+def test_longer_body_to_a_locked_bucket_is_refused_before_it_completes(
+    locked_store: S3BlobStore, size: int
 ):
-    """Beyond `copy_limit` the blob is assembled with UploadPartCopy; moto drops lock headers on
-    multipart uploads, so this exercises the PutObjectRetention step that makes sure of it."""
-    store = s3_server.store(
-        object_lock=True,
-        retention_days=RETENTION_DAYS,
-        copy_limit=TEST_PART_SIZE,
-        clock=lambda: clock_now,
-    )
+    data = body(size)
+    with pytest.raises(VerificationError) as caught:
+        locked_store.put(Source(data + b"!"), sha256=sha(data), size=size)
+    assert caught.value.reason == "size_mismatch"
+    assert locked_store.stored_names() == []
+    assert leftovers(locked_store) == []
+
+
+def test_multipart_blob_is_locked_even_where_the_server_drops_lock_headers(
+    locked_store: S3BlobStore, clock_now: datetime, caplog: pytest.LogCaptureFixture
+):
+    """A multipart upload carries the lock headers; moto drops them on multipart uploads, so
+    this exercises the PutObjectRetention step that makes sure of it."""
     data = body(2 * TEST_PART_SIZE + 1234, seed=7)
     with caplog.at_level(logging.INFO, logger="exchange.storage.s3"):
-        key = put(store, data)
-    assert f"applying retention to {key} after the copy" in caplog.text
-    retention = store.retention_of(key)
+        key = put(locked_store, data)
+    assert f"applying retention to {key} after the upload" in caplog.text
+    retention = locked_store.retention_of(key)
     assert retention is not None
     assert retention.mode == "COMPLIANCE"
-    assert read_all(store, key) == data
-    assert store.stored_names("staging/") == []
+    assert read_all(locked_store, key) == data
+    assert locked_store.stored_names() == [key]  # written once: no staging object, no copy
+    assert leftovers(locked_store) == []
+
+
+def test_part_size_grows_only_where_10000_parts_would_not_hold_the_body(s3_server: S3Server):
+    store = s3_server.store()
+    assert store._part_size_for(0) == TEST_PART_SIZE
+    assert store._part_size_for(10_000 * TEST_PART_SIZE) == TEST_PART_SIZE
+    assert store._part_size_for(64 * 1024 * MIB) == 7 * MIB  # the 64 GiB file limit
+    assert store._part_size_for(10_000 * TEST_PART_SIZE + 1) == 6 * MIB
 
 
 def test_reput_heals_a_blob_stored_without_retention(s3_server: S3Server, clock_now: datetime):
@@ -222,7 +242,7 @@ def test_outage_raises_unavailable_then_the_same_store_recovers(own_server: S3Se
         store.open(key)
     again = put(store, fresh)
     assert read_all(store, again) == fresh
-    assert store.stored_names("staging/") == []
+    assert leftovers(store) == []
 
 
 class StopsServerMidway(Source):

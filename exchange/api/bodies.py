@@ -2,45 +2,124 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
+import anyio
 import anyio.from_thread
+import anyio.to_thread
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange.api.errors import exchange_error_response
 from exchange.errors import PayloadTooLargeError
+from exchange.storage.blobstore import BODY_CHUNK_SIZE, Readable
+
+T = TypeVar("T")
 
 
 class ThreadedBodyReader:
     """A sync `read(n)` over an ASGI request body, for code running in an anyio worker thread.
 
-    Each read pulls chunks from the event loop as needed and keeps at most one chunk beyond
-    what was asked for, so memory stays constant however large the body is.
+    `pump` runs on the event loop and gathers the body into pieces of `piece_size` bytes, one
+    piece ahead of the reader, so receiving overlaps the thread's hashing and writing and the
+    thread crosses to the loop once per piece instead of once per ASGI message (~64 KiB).
+    Memory stays bounded: one piece being read, one handed over or being gathered. Errors of the
+    body stream (a client disconnect) reach the reader as they were raised.
     """
 
-    def __init__(self, stream: AsyncIterator[bytes]) -> None:
+    def __init__(self, stream: AsyncIterator[bytes], piece_size: int = BODY_CHUNK_SIZE) -> None:
+        if piece_size < 1:
+            raise ValueError("piece_size must be positive")
         self._stream = stream
-        self._buffer = bytearray()
+        self._piece_size = piece_size
+        self._send, self._receive = anyio.create_memory_object_stream[bytes | Exception](0)
+        self._piece = b""
+        self._offset = 0
         self._done = False
 
-    async def _next(self) -> bytes | None:
+    async def pump(self) -> None:
+        """Feed the body to the reader in exact pieces; run it beside the reading thread."""
+        parts: list[bytes | memoryview] = []
+        held = 0
         try:
-            return await self._stream.__anext__()
-        except StopAsyncIteration:
+            async for chunk in self._stream:
+                if not chunk:
+                    continue
+                parts.append(chunk)
+                held += len(chunk)
+                while held >= self._piece_size:
+                    # Split the last message so every piece but the last has the exact size:
+                    # a reader asking for `piece_size` then takes each piece without a copy.
+                    last = memoryview(parts[-1])
+                    keep = held - self._piece_size
+                    parts[-1] = last[: len(last) - keep]
+                    await self._send.send(b"".join(parts))
+                    parts = [last[len(last) - keep :]] if keep else []
+                    held = keep
+            if parts:
+                await self._send.send(b"".join(parts))
+        except Exception as exc:  # the reader re-raises it in its thread
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                await self._send.send(exc)
+        finally:
+            self._send.close()
+
+    def _fill(self) -> bool:
+        """Make sure a piece with unread bytes is at hand; False at the end of the body."""
+        while self._offset >= len(self._piece):
+            if self._done:
+                return False
+            item = anyio.from_thread.run(self._next)
+            if item is None or isinstance(item, Exception):
+                self._done = True
+                if item is not None:
+                    raise item
+                return False
+            self._piece, self._offset = item, 0
+        return True
+
+    async def _next(self) -> bytes | Exception | None:
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
             return None
 
     def read(self, n: int = -1) -> bytes:
-        """Up to `n` bytes (all that is left when `n` < 0); b"" at the end of the body."""
-        while not self._done and (n < 0 or len(self._buffer) < n):
-            chunk = anyio.from_thread.run(self._next)
-            if chunk is None:
-                self._done = True
-            else:
-                self._buffer += chunk
-        size = len(self._buffer) if n < 0 else min(n, len(self._buffer))
-        out = bytes(self._buffer[:size])
-        del self._buffer[:size]
+        """Up to `n` bytes, at most one piece's worth (all that is left when `n` < 0).
+
+        b"" only at the end of the body. Asked for a whole piece, it hands the piece on as it is.
+        """
+        if n < 0:
+            return b"".join(iter(lambda: self.read(self._piece_size), b""))
+        if n == 0 or not self._fill():
+            return b""
+        if self._offset == 0 and n >= len(self._piece):
+            piece, self._piece = self._piece, b""
+            return piece
+        end = min(self._offset + n, len(self._piece))
+        out = self._piece[self._offset : end]
+        self._offset = end
         return out
+
+
+async def read_body_in_thread(
+    stream: AsyncIterator[bytes], work: Callable[[Readable], T], piece_size: int = BODY_CHUNK_SIZE
+) -> T:
+    """Run `work(body)` in a worker thread while the event loop pumps the request body into it."""
+    reader = ThreadedBodyReader(stream, piece_size)
+    failure: Exception | None = None
+    async with anyio.create_task_group() as pumping:
+        pumping.start_soon(reader.pump)
+        try:
+            result = await anyio.to_thread.run_sync(work, reader)
+        except Exception as exc:  # raised below as it was, not wrapped in an ExceptionGroup
+            failure = exc
+        finally:
+            pumping.cancel_scope.cancel()  # the thread may stop early (refused body)
+    if failure is not None:
+        raise failure
+    return result
 
 
 class JsonBodyLimitMiddleware:

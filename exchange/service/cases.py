@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import Engine
 from sqlmodel import Session, col, or_, select
 
 from exchange.errors import InvalidInputError
@@ -13,16 +14,17 @@ from exchange.grants import check_scope
 from exchange.ledger.entry import Action, NewEntry
 from exchange.ledger.signer import LogSigner
 from exchange.model import Principal
-from exchange.service.access import actor_of, granted_case_ids, readable_case
+from exchange.service.access import AnyRow, actor_of, granted_case_ids, readable_case_row
 from exchange.storage import ledger_store
+from exchange.storage.db import session_scope
 from exchange.storage.tables import CaseRow
 
 MAX_TEXT = 500
 MAX_CLASSIFICATION = 100
 
 
-def case_document(case: CaseRow) -> dict[str, Any]:
-    """The JSON form of a case."""
+def case_document(case: CaseRow | AnyRow) -> dict[str, Any]:
+    """The JSON form of a case (its ORM object, or a row of its columns)."""
     return {
         "case_id": case.id,
         "owner_agency": case.owner_agency,
@@ -76,15 +78,20 @@ def open_case(
     return case
 
 
-def list_cases(session: Session, *, principal: Principal, now: datetime) -> list[CaseRow]:
+def list_cases(engine: Engine, *, principal: Principal, now: datetime) -> list[CaseRow]:
     """The cases the caller's agency owns and those a live grant opens to it, oldest first."""
-    granted = granted_case_ids(session, country=principal.country, agency=principal.agency, now=now)
-    query = select(CaseRow).where(
-        or_(CaseRow.owner_agency == principal.agency, col(CaseRow.id).in_(granted))
-    )
-    return list(session.exec(query.order_by(col(CaseRow.created_at), col(CaseRow.id))).all())
+    # Read-only: on SQLite it reads a snapshot instead of queueing for the write lock.
+    with session_scope(engine, read_only=True) as session:
+        granted = granted_case_ids(
+            session, country=principal.country, agency=principal.agency, now=now
+        )
+        query = select(CaseRow).where(
+            or_(CaseRow.owner_agency == principal.agency, col(CaseRow.id).in_(granted))
+        )
+        return list(session.exec(query.order_by(col(CaseRow.created_at), col(CaseRow.id))).all())
 
 
-def get_case(session: Session, *, principal: Principal, now: datetime, case_id: str) -> CaseRow:
-    """One case the caller may see; `NotFoundError` otherwise."""
-    return readable_case(session, principal, case_id, now=now)
+def get_case(engine: Engine, *, principal: Principal, now: datetime, case_id: str) -> AnyRow:
+    """One case the caller may see, checked against its live grants; `NotFoundError` otherwise."""
+    with session_scope(engine, read_only=True) as session:
+        return readable_case_row(session, principal, case_id, now=now)

@@ -2,12 +2,18 @@
 
 SQLite runs in WAL mode with foreign keys on, and every transaction begins with
 `BEGIN IMMEDIATE`, so writers take the database lock up front and serialize instead of failing
-with "database is locked" when a read transaction tries to upgrade. PostgreSQL goes through
-psycopg 3 (`postgresql+psycopg://`).
+with "database is locked" when a read transaction tries to upgrade; the writers of one process
+first take turns on a lock of the engine's, rather than by polling SQLite's. The one exception
+is a session opened with `session_scope(engine, read_only=True)`: it begins with a deferred
+`BEGIN` under `PRAGMA query_only`, so it reads one WAL snapshot without queueing behind
+writers, and any write it attempts fails instead of upgrading. PostgreSQL goes through psycopg 3
+(`postgresql+psycopg://`); there a read-only session is a `READ ONLY` transaction.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,12 +23,57 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Session
 
 from exchange.errors import InvalidInputError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Connection execution option marking a read-only transaction (read by the SQLite begin hook).
+READ_ONLY_OPTION = "exchange_read_only"
+# Key in the pooled DBAPI connection's `info`: the PRAGMA query_only value last set on it.
+_QUERY_ONLY_INFO = "exchange_query_only"
+
+
+class _SQLiteConnection(sqlite3.Connection):
+    """A pysqlite connection that lets go of its engine's writer lock when its transaction ends."""
+
+    _writer_lock: threading.Lock | None = None
+
+    def take_writer_lock(self, lock: threading.Lock) -> None:
+        """Wait for the process's writer turn, as long as SQLite would wait for its lock."""
+        if self._writer_lock is not None:
+            return  # a transaction ended by SQL text rather than commit(): the turn is ours still
+        if not lock.acquire(timeout=SQLITE_BUSY_TIMEOUT_MS / 1000):
+            raise OperationalError(
+                "BEGIN IMMEDIATE", None, sqlite3.OperationalError("database is locked")
+            )
+        self._writer_lock = lock
+
+    def let_go(self) -> None:
+        """Give the writer turn to the next thread, if this connection holds it."""
+        lock, self._writer_lock = self._writer_lock, None
+        if lock is not None:
+            lock.release()
+
+    def commit(self) -> None:
+        try:
+            super().commit()
+        finally:
+            self.let_go()
+
+    def rollback(self) -> None:
+        try:
+            super().rollback()
+        finally:
+            self.let_go()
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            self.let_go()
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -35,7 +86,11 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         engine = create_engine(
             url,
             isolation_level=None,  # pysqlite's own BEGIN handling off; the events below own it
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+            connect_args={
+                "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000,
+                "check_same_thread": False,
+                "factory": _SQLiteConnection,
+            },
             **kwargs,
         )
         _configure_sqlite(engine)
@@ -50,6 +105,12 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
 
 
 def _configure_sqlite(engine: Engine) -> None:
+    # The threads of this process take turns at writing: SQLite's busy handler polls with
+    # sleeps of up to 100 ms, so writers of one process contending through it wait unfairly
+    # (seconds at the tail) and leave the lock idle between polls. Other processes on the
+    # same file still meet at SQLite's lock and its busy handler.
+    writer_lock = threading.Lock()
+
     # See: https://docs.sqlalchemy.org/en/20/dialects/sqlite.html#serializable-isolation-savepoints-transactional-ddl
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -64,7 +125,31 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = bool(connection.get_execution_options().get(READ_ONLY_OPTION, False))
+        # query_only is per connection and outlives the transaction: set it whenever the kind
+        # of transaction changes, so a writer never inherits a reader's setting. `info` lives as
+        # long as the DBAPI connection (cleared when the pool reconnects).
+        info = connection.connection.info
+        if info.get(_QUERY_ONLY_INFO) is not read_only:
+            connection.exec_driver_sql(f"PRAGMA query_only={'ON' if read_only else 'OFF'}")
+            info[_QUERY_ONLY_INFO] = read_only
+        # A reader never takes the write lock, so it need not queue behind the writers holding
+        # it: WAL gives it one consistent snapshot, and query_only makes any write it attempts
+        # fail loudly instead of upgrading the transaction (which could fail with SQLITE_BUSY).
+        if read_only:
+            connection.exec_driver_sql("BEGIN")
+            return
+        driver = connection.connection.driver_connection
+        if isinstance(driver, _SQLiteConnection):
+            # Released by the connection's commit, rollback or close, whichever ends it; a
+            # timeout fails like SQLite's own ("database is locked").
+            driver.take_writer_lock(writer_lock)
+        try:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        except BaseException:
+            if isinstance(driver, _SQLiteConnection):
+                driver.let_go()
+            raise
 
 
 def is_sqlite(engine_or_session: Engine | Session) -> bool:
@@ -90,10 +175,23 @@ def create_schema(engine: Engine) -> None:
     command.upgrade(alembic_config(engine), "head")
 
 
+def _read_only_options(engine: Engine) -> dict[str, Any]:
+    if engine.dialect.name == "postgresql":
+        # psycopg sets its connection read-only, so the transaction begins READ ONLY; SQLAlchemy
+        # resets the characteristic when the connection goes back to the pool.
+        return {"postgresql_readonly": True}
+    return {READ_ONLY_OPTION: True}
+
+
 @contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """One transaction: commit if the block returns, roll back if it raises."""
-    with Session(engine, expire_on_commit=False) as session:
+def session_scope(engine: Engine, *, read_only: bool = False) -> Iterator[Session]:
+    """One transaction: commit if the block returns, roll back if it raises.
+
+    `read_only=True` for a use case that never writes: it does not take SQLite's write lock
+    (see the module docstring), and any write in it raises.
+    """
+    options = _read_only_options(engine) if read_only else {}
+    with Session(engine, expire_on_commit=False, execution_options=options) as session:
         try:
             yield session
             session.commit()

@@ -1,37 +1,37 @@
 """`S3BlobStore`: evidence files in any S3 server, through the `minio` SDK (the only module that
 imports it).
 
-Nothing here is MinIO-specific: plain S3 calls (PUT, multipart upload, CopyObject, UploadPartCopy,
-HEAD, GET, DELETE of a version, PutObjectRetention), so Ceph RGW, Garage or AWS S3 can stand in.
+Nothing here is MinIO-specific: plain S3 calls (PUT, multipart upload, HEAD, GET, DELETE of a
+version, PutObjectRetention), so Ceph RGW, Garage or AWS S3 can stand in.
 
-Upload design (a bad body must never reach the final key, where a COMPLIANCE lock would make it
-undeletable):
+Upload design (a bad body must never become readable under its key, where a COMPLIANCE lock
+would make it undeletable), written once, straight to its final key:
 
 1. HEAD ``sha256/<hex>``: if the blob is already there, the body is still read and verified (a
    lying client still gets its `VerificationError`), nothing is written, and a missing retention
-   is re-applied (heals a crash between steps 3 and 4).
-2. Stream the body to ``staging/<uuid>`` with no retention, through `VerifyingReader` (1 MiB
-   reads from the caller, `part_size` parts, one part in memory at a time, no upload threads).
-   A short body fails mid-stream and the SDK aborts the multipart upload; after the upload an
-   extra byte means ``size_mismatch`` and a wrong digest ``hash_mismatch``.
-3. Only a verified staging version is copied server-side to the final key, pinned by its
-   version id. Up to `copy_limit` (5 GiB, the CopyObject maximum) one CopyObject carries the
-   COMPLIANCE retention headers, so the object is locked from its first instant. A server that
-   refuses lock parameters without a body checksum (moto does on every PUT, AWS words it as
-   "Content-MD5 OR x-amz-checksum- HTTP header is required") gets the copy again with
-   ``x-amz-sdk-checksum-algorithm: SHA256`` and ``x-amz-checksum-sha256`` of the (empty)
-   request body, true for any server that checks it; the store remembers that and sends them
-   from then on. Servers that do not ask (MinIO, Ceph) never see these headers. Larger blobs
-   are composed by UploadPartCopy in ranges and then locked with PutObjectRetention.
-4. When object lock is on, HEAD the new version and, if it carries no retention (some servers
-   drop lock headers on multipart copies; moto does), apply it with PutObjectRetention; if it
-   still has none, `StorageError`.
-5. Delete the staging version (by version id, so no delete marker is left behind), on success
-   and on every failure. Recommended on the bucket: a lifecycle rule expiring ``staging/`` and
-   its noncurrent versions after a day, for uploads cut off by a crash or an outage.
+   is re-applied (heals a crash between steps 2 and 3).
+2. A body of at most one part is read whole through `VerifyingReader` and verified (size, an
+   extra byte, digest) before one PUT sends it. A larger body goes up as a multipart upload to
+   the final key (`part_size` parts, one part in memory at a time, no upload threads); the
+   reader checks size and digest when it hands out the last byte, before the SDK sends the last
+   part, so a bad body fails before CompleteMultipartUpload and the SDK aborts the upload. An
+   upload in progress or aborted is not an object: nothing is readable until the verified
+   whole is completed, atomically. Both carry the COMPLIANCE retention headers when object lock
+   is on, so the object is locked from its first instant on servers that honour them (AWS,
+   MinIO). A server that refuses lock parameters on a PUT without a body checksum (moto does,
+   AWS words it as "Content-MD5 OR x-amz-checksum- HTTP header is required") gets the PUT again
+   with ``x-amz-sdk-checksum-algorithm: SHA256`` and ``x-amz-checksum-sha256``: the verified
+   digest of the blob itself, which such a server checks once more; the store remembers that
+   and sends them from then on. Servers that do not ask never see these headers.
+3. When object lock is on, HEAD the new version and, if it carries no retention (moto drops
+   lock headers on multipart uploads), apply it with PutObjectRetention; if it still has none,
+   `StorageError`. On such a server a verified blob is unlocked for that moment.
 
-Staging objects must be deletable, so `ensure_bucket` refuses a bucket with a *default*
-retention rule: the exchange sets retention per verified object instead.
+Writing once matters: the former design (a staging object, then a server-side copy to the key)
+made the S3 server write every byte twice; writing once raised the upload rate against moto by
+a third to a half (docs/performance.md). Recommended on the bucket: a lifecycle rule aborting incomplete multipart
+uploads after a day, for uploads cut off by a crash or an outage (they hold storage, never a
+readable object).
 
 Outages: the client's urllib3 pool has short connect/read timeouts and few retries, so a dead
 endpoint raises `UnavailableError` within seconds; the same store works again once the server
@@ -41,10 +41,9 @@ is back. The `Minio` client is thread-safe: one store may serve every request th
 from __future__ import annotations
 
 import base64
-import hashlib
+import io
 import logging
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -54,7 +53,7 @@ from typing import Any, NoReturn
 import certifi
 import urllib3
 from minio import Minio
-from minio.commonconfig import COMPLIANCE, ComposeSource, CopySource
+from minio.commonconfig import COMPLIANCE
 from minio.datatypes import Object
 from minio.error import InvalidResponseError, S3Error, ServerError
 from minio.helpers import ObjectWriteResult
@@ -80,14 +79,11 @@ logger = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 MIN_PART_SIZE = 5 * MIB  # S3's minimum for every part but the last
-MAX_COPY_SIZE = 5 * 1024 * MIB  # S3's maximum for one CopyObject / UploadPartCopy
-DEFAULT_PART_SIZE = 16 * MIB  # 10,000 parts cover 156 GiB, above the 64 GiB file limit
-STAGING_PREFIX = "staging/"
-_EMPTY_BODY_SHA256 = base64.b64encode(hashlib.sha256(b"").digest()).decode()
-_LOCK_CHECKSUM_HEADERS = {
-    "x-amz-sdk-checksum-algorithm": "SHA256",
-    "x-amz-checksum-sha256": _EMPTY_BODY_SHA256,
-}
+MAX_PART_SIZE = 5 * 1024 * MIB  # S3's maximum for one part
+MAX_PARTS = 10_000  # S3's maximum number of parts: larger bodies get larger parts
+# One part is held in memory (plus the SDK's copies while it signs and sends it): the S3
+# minimum keeps the server's peak RSS lowest; measured in docs/performance.md.
+DEFAULT_PART_SIZE = MIN_PART_SIZE
 _RETRYABLE_CODES = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError"}
 _RETRYABLE_STATUS = (500, 502, 503, 504)
 
@@ -137,6 +133,25 @@ class S3BlobReader:
         self.close()
 
 
+class _VerifiedToTheEnd:
+    """Hands the SDK a body, raising `VerificationError` before the read that would complete it.
+
+    The check (an extra byte, the digest) runs when the last declared byte has been read and
+    before it is returned, so the SDK never sends the last part of a bad body and never
+    completes its multipart upload.
+    """
+
+    def __init__(self, body: VerifyingReader) -> None:
+        self._body = body
+
+    def read(self, n: int = CHUNK_SIZE, /) -> bytes:
+        """Up to `n` bytes of the verified body."""
+        data = self._body.read(n)
+        if self._body.bytes_read == self._body.size:
+            self._body.finish()
+        return data
+
+
 class S3BlobStore:
     """Content-addressed blobs in one S3 bucket; see the module docstring for the design."""
 
@@ -152,19 +167,14 @@ class S3BlobStore:
         retention_days: int = 3650,
         part_size: int = DEFAULT_PART_SIZE,
         *,
-        copy_limit: int = MAX_COPY_SIZE,
         connect_timeout: float = 3.0,
         read_timeout: float = 60.0,
         retries: int = 2,
         pool_size: int = 16,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
-        if not MIN_PART_SIZE <= part_size <= MAX_COPY_SIZE:
-            raise ValueError(f"part_size must be between {MIN_PART_SIZE} and {MAX_COPY_SIZE} bytes")
-        if not MIN_PART_SIZE <= copy_limit <= MAX_COPY_SIZE:
-            raise ValueError(
-                f"copy_limit must be between {MIN_PART_SIZE} and {MAX_COPY_SIZE} bytes"
-            )
+        if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+            raise ValueError(f"part_size must be between {MIN_PART_SIZE} and {MAX_PART_SIZE} bytes")
         if retention_days < 1:
             raise ValueError("retention_days must be at least 1")
         self.bucket = bucket
@@ -172,7 +182,6 @@ class S3BlobStore:
         self.object_lock = object_lock
         self.retention_days = retention_days
         self.part_size = part_size
-        self.copy_limit = copy_limit
         self._clock = clock
         self._lock_needs_checksum = False
         self._endpoint = endpoint
@@ -209,7 +218,7 @@ class S3BlobStore:
         return key_for(sha256)
 
     def put(self, stream: Readable, *, sha256: str, size: int) -> BlobInfo:
-        """Stream a body to a staging object, verify it, then copy it (locked) to its key."""
+        """Stream a body to its key, verified before it can complete; locked when configured."""
         body = VerifyingReader(stream, sha256=sha256, size=size)
         info = BlobInfo(key=self.key_for(sha256), sha256=sha256, size=size)
         existing = self._head(info.key)
@@ -218,25 +227,26 @@ class S3BlobStore:
             body.finish()
             self._accept_existing(info, existing)
             return info
-        staging = f"{STAGING_PREFIX}{uuid.uuid4().hex}"
-        # If the upload itself fails there is nothing to delete: the SDK aborted the multipart
-        # upload, or the single PUT was never completed. (A DELETE without a version id would
-        # only add a delete marker in a versioned bucket.)
+        part_size = self._part_size_for(size)
+        # A failed upload leaves nothing to delete: the SDK aborted the multipart upload, or the
+        # single PUT was never sent.
         with self._translated(info.key):
-            result = self._client.put_object(
-                self.bucket,
-                staging,
-                body,  # type: ignore[arg-type]  # the SDK only calls read(n)
-                length=size,
-                part_size=self.part_size,
-                num_parallel_uploads=1,  # one part in memory at a time
-            )
-        version = _real_version(result.version_id)
-        try:
-            body.finish()
-            self._publish(staging, version, info)
-        finally:
-            self._discard_staging(staging, version)
+            if size <= part_size:
+                data = body.read(size) if size else b""
+                body.finish()  # verified in memory before anything is sent
+                result = self._put_whole(info, data)
+            else:
+                result = self._client.put_object(
+                    self.bucket,
+                    info.key,
+                    _VerifiedToTheEnd(body),  # type: ignore[arg-type]  # the SDK only calls read(n)
+                    length=size,
+                    part_size=part_size,
+                    num_parallel_uploads=1,  # one part in memory at a time
+                    retention=self._retention() if self.object_lock else None,
+                )
+        if self.object_lock:
+            self._lock(info.key, _real_version(result.version_id))
         return info
 
     def open(self, key: str) -> S3BlobReader:
@@ -338,41 +348,37 @@ class S3BlobStore:
         if self.object_lock and _retention_in(existing) is None:
             self._lock(info.key, _real_version(existing.version_id))
 
-    def _publish(self, staging: str, version: str | None, info: BlobInfo) -> None:
-        with self._translated(info.key):
-            if info.size <= self.copy_limit:
-                result = self._copy(CopySource(self.bucket, staging, version_id=version), info.key)
-            else:
-                # Beyond one CopyObject: UploadPartCopy ranges, locked afterwards in _lock.
-                sources = [
-                    ComposeSource(
-                        self.bucket,
-                        staging,
-                        version_id=version,
-                        offset=offset,
-                        length=min(self.copy_limit, info.size - offset),
-                    )
-                    for offset in range(0, info.size, self.copy_limit)
-                ]
-                result = self._client.compose_object(self.bucket, info.key, sources)
-        if self.object_lock:
-            self._lock(info.key, _real_version(result.version_id))
+    def _part_size_for(self, size: int) -> int:
+        """`part_size`, or the smallest whole MiB that fits `size` into S3's 10,000 parts."""
+        needed = -(-size // MAX_PARTS)
+        return max(self.part_size, -(-needed // MIB) * MIB)
 
-    def _copy(self, source: CopySource, key: str) -> ObjectWriteResult:
-        """One CopyObject, locked from its first instant when object lock is on."""
+    def _put_whole(self, info: BlobInfo, data: bytes) -> ObjectWriteResult:
+        """One PUT of a verified body, locked from its first instant when object lock is on."""
         if not self.object_lock:
-            return self._client.copy_object(self.bucket, key, source)
+            return self._client.put_object(self.bucket, info.key, io.BytesIO(data), len(data))
         retention = self._retention()
         if not self._lock_needs_checksum:
             try:
-                return self._client.copy_object(self.bucket, key, source, retention=retention)
+                return self._client.put_object(
+                    self.bucket, info.key, io.BytesIO(data), len(data), retention=retention
+                )
             except S3Error as exc:
                 if not _asks_for_checksum(exc):
                     raise
             # Learned once per store: this server wants a checksum next to lock parameters.
             self._lock_needs_checksum = True
-        return self._client.copy_object(
-            self.bucket, key, source, metadata=dict(_LOCK_CHECKSUM_HEADERS), retention=retention
+        checksum = {
+            "x-amz-sdk-checksum-algorithm": "SHA256",
+            "x-amz-checksum-sha256": base64.b64encode(bytes.fromhex(info.sha256)).decode(),
+        }
+        return self._client.put_object(
+            self.bucket,
+            info.key,
+            io.BytesIO(data),
+            len(data),
+            metadata=checksum,  # type: ignore[arg-type]  # plain headers, as the SDK sends them
+            retention=retention,
         )
 
     def _lock(self, key: str, version: str | None) -> None:
@@ -380,7 +386,7 @@ class S3BlobStore:
         with self._translated(key):
             if _retention_in(self._client.stat_object(self.bucket, key, version_id=version)):
                 return
-            logger.info("applying retention to %s after the copy (server did not keep it)", key)
+            logger.info("applying retention to %s after the upload (server did not keep it)", key)
             self._client.set_object_retention(
                 self.bucket, key, self._retention(), version_id=version
             )
@@ -390,14 +396,6 @@ class S3BlobStore:
 
     def _retention(self) -> Retention:
         return Retention(COMPLIANCE, self._clock() + timedelta(days=self.retention_days))
-
-    def _discard_staging(self, staging: str, version: str | None) -> None:
-        """Best effort: a leftover is only ever under staging/, never readable as a blob."""
-        try:
-            with self._translated(staging):
-                self._client.remove_object(self.bucket, staging, version_id=version)
-        except (StorageError, UnavailableError) as exc:
-            logger.warning("could not remove staging object %s: %s", staging, exc)
 
     def _versions(self, key: str) -> list[str | None]:
         with self._translated(key):
@@ -422,7 +420,8 @@ class S3BlobStore:
         if config.mode is not None:
             raise StorageError(
                 f"bucket {self.bucket!r} has a default retention rule ({config.mode}); it would lock "
-                "unverified staging uploads: remove it (the exchange locks each verified object)"
+                "objects by a rule the exchange does not set: remove it (the exchange locks each "
+                "verified object itself)"
             )
 
     @contextmanager

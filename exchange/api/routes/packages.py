@@ -11,7 +11,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from exchange.api.bodies import ThreadedBodyReader
+from exchange.api.bodies import read_body_in_thread
 from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
 from exchange.errors import InvalidInputError
 from exchange.service import fetch, packages
@@ -91,11 +91,10 @@ async def put_file(
         case_id=case_id,
         package_id=package_id,
         path=path,
-        body=ThreadedBodyReader(request.stream()),
         content_length=content_length(request),
         limits=context.limits,
     )
-    row, stored = await anyio.to_thread.run_sync(upload)
+    row, stored = await read_body_in_thread(request.stream(), lambda body: upload(body=body))
     if stored:
         context.metrics.evidence_bytes.labels("in").inc(row.size)
     return JSONResponse(packages.file_document(row), status_code=201 if stored else 200)
