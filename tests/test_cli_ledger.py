@@ -134,6 +134,15 @@ TAMPERING = [
         "seq 13: stored_hash_mismatch: stored hash 24 (node) is wrong or missing",
     ),
     (
+        "plant a row below seq 0",
+        lambda e: sql(
+            e,
+            "INSERT INTO ledger_entry (seq, data, entry_hash, action, time)"
+            " SELECT -1, data, entry_hash, action, time FROM ledger_entry WHERE seq = 0",
+        ),
+        "seq 0: seq_gap: repeated or out of order",
+    ),
+    (
         "delete the checkpoints",
         lambda e: sql(e, "DELETE FROM ledger_checkpoint"),
         "seq 0: no_checkpoint: 37 entries but no signed checkpoint",

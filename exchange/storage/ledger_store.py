@@ -454,6 +454,9 @@ def _driver_stream(
 
 
 def _bounded(query: str, column: str, lo: int, hi: int | None) -> tuple[str, tuple[int, ...]]:
+    if lo == 0 and hi is None:
+        # The whole table, with no lower bound: a row planted below 0 must reach the walk too.
+        return f"{query} ORDER BY {column}", ()
     if hi is None:
         return f"{query} WHERE {column} >= ? ORDER BY {column}", (lo,)
     return f"{query} WHERE {column} >= ? AND {column} < ? ORDER BY {column}", (lo, hi)
