@@ -290,14 +290,9 @@ def _verify_chunks_in_parallel(
     for links in results:
         if links is None:
             return None
-        for first_prev, last_hash, root, climbs in links:
-            if first_prev != walk.prev_hex:
+        for link in links:
+            if not walk.link(*link):
                 return None
-            if not _climb(walk.stack, walk.expected // chunk_size, root, climbs):
-                return None
-            walk.prev_hex = last_hash
-            walk.expected += chunk_size
-            walk.next_index = tlog.stored_hash_count(walk.expected)
     return walk
 
 
@@ -346,14 +341,24 @@ class _Walk:
         if m != self.chunk_size or base % m:
             return False
         checked = _check_chunk(chunk, found, base, self.layout)
-        if checked is None or checked.first_prev != self.prev_hex:
+        if checked is None:
             return False
+        return self.link(checked.first_prev, checked.last_hash, checked.root, found[2 * m - 1 :])
+
+    def link(self, first_prev: bytes, last_hash: bytes, root: bytes, climbs: list[bytes]) -> bool:
+        """Append the next aligned chunk, already checked on its own, to the walk.
+
+        Checks its first `prev` against the hash before it and the stored hashes that climb
+        above it; False, with the walk unchanged, if either disagrees.
+        """
         stack = list(self.stack)
-        if not _climb(stack, base // m, checked.root, found[2 * m - 1 :]):
+        if first_prev != self.prev_hex or not _climb(
+            stack, self.expected // self.chunk_size, root, climbs
+        ):
             return False
-        self.prev_hex = checked.last_hash
-        self.expected += m
-        self.next_index += len(found)
+        self.prev_hex = last_hash
+        self.expected += self.chunk_size
+        self.next_index += 2 * self.chunk_size - 1 + len(climbs)
         self.stack = stack
         return True
 
