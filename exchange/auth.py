@@ -31,17 +31,23 @@ from exchange.errors import ExchangeError, InvalidInputError, UnauthenticatedErr
 from exchange.model import KeyId, Principal, Role, parse_json
 from exchange.signing import (
     ALGORITHMS,
+    ED25519,
+    EDDSA,
     KEY_ID_PATTERN,
     PublicKey,
     Signer,
-    algorithm_for,
+    algorithms_for,
     b64url,
     b64url_decode,
     key_id,
 )
 
 ACCESS_TOKEN_TYP: Final = "at+jwt"  # noqa: S105  # a JOSE typ, not a secret
-ACCESS_TOKEN_ALG: Final = "EdDSA"  # noqa: S105  # a JOSE alg, not a secret
+# Access tokens are signed as RFC 9864 `Ed25519`; `EdDSA` (the same signature under its deprecated
+# name) is still accepted, so tokens from a replica not yet upgraded keep working, and can still
+# be emitted (the issuer's `algorithm`) while such replicas serve.
+ACCESS_TOKEN_ALG: Final = ED25519
+ACCESS_TOKEN_ALGS: Final = (ED25519, EDDSA)
 MAX_ACCESS_TOKEN_TTL: Final = timedelta(minutes=15)
 MAX_ASSERTION_LIFETIME: Final = timedelta(minutes=5)
 # Tolerated clock difference for iat/nbf in the future (client clocks, replicas); never for exp.
@@ -209,7 +215,7 @@ def verify_client_assertion(
     candidates = [
         key
         for key in client_keys(client_id)
-        if algorithm_for(key) == alg and (kid is None or key_id(key) == kid)
+        if alg in algorithms_for(key) and (kid is None or key_id(key) == kid)
     ]
     if not candidates:
         raise _reject(f"{what}: no registered key of the client matches")
@@ -270,7 +276,7 @@ def _require_ed25519(key: object) -> ed25519.Ed25519PublicKey:
     return key
 
 
-def jwk(public_key: ed25519.Ed25519PublicKey) -> dict[str, str]:
+def jwk(public_key: ed25519.Ed25519PublicKey, *, alg: str = ACCESS_TOKEN_ALG) -> dict[str, str]:
     """The RFC 8037 OKP JWK of an Ed25519 public key, with kid, alg and use=sig."""
     raw = public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return {
@@ -278,7 +284,7 @@ def jwk(public_key: ed25519.Ed25519PublicKey) -> dict[str, str]:
         "crv": "Ed25519",
         "x": b64url(raw),
         "kid": key_id(public_key),
-        "alg": ACCESS_TOKEN_ALG,
+        "alg": alg,
         "use": "sig",
     }
 
@@ -299,10 +305,10 @@ def keys_from_jwks(jwks: Mapping[str, Any]) -> dict[str, ed25519.Ed25519PublicKe
         ):
             raise InvalidInputError("JWK Set holds a key that is not Ed25519")
         if (
-            entry.get("alg", ACCESS_TOKEN_ALG) != ACCESS_TOKEN_ALG
+            entry.get("alg", ACCESS_TOKEN_ALG) not in ACCESS_TOKEN_ALGS
             or entry.get("use", "sig") != "sig"
         ):
-            raise InvalidInputError("JWK Set holds a key not meant for EdDSA signatures")
+            raise InvalidInputError("JWK Set holds a key not meant for Ed25519 signatures")
         try:
             key = ed25519.Ed25519PublicKey.from_public_bytes(b64url_decode(str(entry.get("x"))))
         except ValueError as exc:
@@ -324,10 +330,15 @@ class TokenIssuer:
         audience: str,
         ttl: timedelta = MAX_ACCESS_TOKEN_TTL,
         previous_keys: Iterable[PublicKey] = (),
+        algorithm: str = ACCESS_TOKEN_ALG,
     ) -> None:
-        """`previous_keys` are retired issuer keys still published in the JWKS during rotation."""
-        if signer.algorithm != ACCESS_TOKEN_ALG:
+        """`previous_keys` are retired issuer keys still published in the JWKS during rotation;
+        `algorithm` is the JWS alg tokens are signed with (``Ed25519``, or the legacy ``EdDSA``)."""
+        if not signer.is_ed25519:
             raise InvalidInputError("the token issuer key must be Ed25519")
+        if algorithm not in ACCESS_TOKEN_ALGS:
+            raise InvalidInputError(f"access tokens are signed with one of {ACCESS_TOKEN_ALGS}")
+        self._algorithm = algorithm
         if not timedelta(0) < ttl <= MAX_ACCESS_TOKEN_TTL:
             raise InvalidInputError("access-token ttl must be positive and at most 15 minutes")
         self._signer = signer
@@ -378,7 +389,7 @@ class TokenIssuer:
         return jwt.encode(
             claims,
             self._signer.private_key,
-            algorithm=ACCESS_TOKEN_ALG,
+            algorithm=self._algorithm,
             headers={"typ": ACCESS_TOKEN_TYP, "kid": self._kid},
         )
 
@@ -388,7 +399,7 @@ class TokenIssuer:
 
     def jwks(self) -> dict[str, Any]:
         """The RFC 7517 JWK Set of the issuer's public keys, current key first."""
-        return {"keys": [jwk(k) for k in self._public_keys.values()]}
+        return {"keys": [jwk(k, alg=self._algorithm) for k in self._public_keys.values()]}
 
 
 @dataclass(frozen=True)
@@ -462,7 +473,8 @@ class TokenVerifier:
         header = _read_header(token, what=what)
         if set(header) != {"alg", "kid", "typ"}:
             raise _reject(f"{what}: header")
-        if header["alg"] != ACCESS_TOKEN_ALG:
+        alg = header["alg"]
+        if alg not in ACCESS_TOKEN_ALGS:
             raise _reject(f"{what}: algorithm")
         typ = header["typ"]
         if not isinstance(typ, str) or typ.lower() not in (ACCESS_TOKEN_TYP, "application/at+jwt"):
@@ -477,7 +489,7 @@ class TokenVerifier:
             claims = jwt.decode(
                 token,
                 key=key,
-                algorithms=[ACCESS_TOKEN_ALG],
+                algorithms=[alg],
                 audience=self._audience,
                 issuer=self._issuer,
                 options=self._options,

@@ -45,7 +45,7 @@ def load_ed25519_key(path: Path) -> Signer:
     except OSError as exc:
         raise InvalidInputError(f"cannot read key {path}: {exc.strerror}") from exc
     signer = Signer.from_pem(pem)
-    if signer.algorithm != "EdDSA":
+    if not signer.is_ed25519:
         raise InvalidInputError(f"{path}: the ledger key must be Ed25519")
     return signer
 

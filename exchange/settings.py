@@ -40,6 +40,10 @@ class Settings(BaseSettings):
     ledger_key_path: Path | None = Field(
         default=None, description="Ed25519 PEM signing checkpoints; default: dev key in data_dir"
     )
+    access_token_alg: Literal["Ed25519", "EdDSA"] = Field(
+        default="Ed25519",
+        description="JWS alg of issued access tokens; EdDSA only while older replicas still serve",
+    )
     ledger_origin: str = "exchange.example/ledger"
     public_url: str = "http://127.0.0.1:8000"
 

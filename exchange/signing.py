@@ -1,7 +1,11 @@
 """Keys, key ids, raw signatures and detached JWS (RFC 7515 appendix F); cryptography and PyJWT only.
 
-Only Ed25519 (JWS ``EdDSA``) and ECDSA P-256 (JWS ``ES256``) are accepted. The key decides the
-algorithm: a JWS header's ``alg`` must agree with the trusted key, never the other way round.
+Only Ed25519 and ECDSA P-256 (JWS ``ES256``) are accepted. The key decides the algorithm: a JWS
+header's ``alg`` must agree with the trusted key, never the other way round.
+
+Ed25519 signatures are named ``Ed25519`` (RFC 9864's fully-specified algorithm), which is what
+the exchange emits; the older polymorphic ``EdDSA`` (RFC 8037, deprecated by RFC 9864) names the
+very same signature bytes and stays accepted, so everything signed before keeps verifying.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import jwt
 from cryptography.exceptions import InvalidSignature
@@ -21,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
+from jwt.algorithms import OKPAlgorithm, get_default_algorithms
 
 from exchange.errors import InvalidInputError, VerificationError
 from exchange.model import KeyId
@@ -29,7 +34,34 @@ PublicKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey
 PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 
 KEY_ID_PATTERN = re.compile(r"^[0-9a-f]{32}\Z")
-ALGORITHMS = ("EdDSA", "ES256")
+ED25519: Final = "Ed25519"
+EDDSA: Final = "EdDSA"
+# Every JWS alg accepted anywhere; which one a given key may use is `algorithms_for(key)`.
+ALGORITHMS: Final = (ED25519, EDDSA, "ES256")
+
+
+class _Ed25519Algorithm(OKPAlgorithm):
+    """RFC 9864 ``Ed25519``: PyJWT's EdDSA restricted to Ed25519 keys (never Ed448)."""
+
+    def prepare_key(self, key: Any) -> Any:
+        prepared = super().prepare_key(key)
+        if not isinstance(prepared, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+            raise jwt.InvalidKeyError("the Ed25519 algorithm needs an Ed25519 key")
+        return prepared
+
+
+def _register_ed25519() -> None:
+    # PyJWT 2.15 knows only the polymorphic "EdDSA" (its RFC 9864 support is an open pull
+    # request); its public register_algorithm adds the fully-specified name to the module-level
+    # PyJWS that jwt.encode/jwt.decode use. A later PyJWT that ships it natively is left alone.
+    if ED25519 not in get_default_algorithms():
+        try:
+            jwt.register_algorithm(ED25519, _Ed25519Algorithm())
+        except ValueError:
+            pass  # registered already (a module reload)
+
+
+_register_ed25519()
 
 
 def key_id(public_key: PublicKey) -> KeyId:
@@ -41,11 +73,16 @@ def key_id(public_key: PublicKey) -> KeyId:
 
 
 def algorithm_for(key: PublicKey | PrivateKey) -> str:
-    """The JWS `alg` a key signs with: EdDSA for Ed25519, ES256 for P-256."""
+    """The JWS `alg` the exchange signs with for a key: Ed25519 (RFC 9864), or ES256 for P-256."""
+    return algorithms_for(key)[0]
+
+
+def algorithms_for(key: PublicKey | PrivateKey) -> tuple[str, ...]:
+    """Every JWS `alg` a key may verify under, preferred first: Ed25519 keys also take EdDSA."""
     if isinstance(key, ed25519.Ed25519PublicKey | ed25519.Ed25519PrivateKey):
-        return "EdDSA"
+        return (ED25519, EDDSA)
     if isinstance(key.curve, ec.SECP256R1):
-        return "ES256"
+        return ("ES256",)
     raise InvalidInputError(f"unsupported curve {key.curve.name}: only Ed25519 and P-256")
 
 
@@ -108,8 +145,13 @@ class Signer:
 
     @property
     def algorithm(self) -> str:
-        """JWS algorithm name."""
+        """The JWS algorithm this signer emits (see `algorithm_for`)."""
         return algorithm_for(self.private_key)
+
+    @property
+    def is_ed25519(self) -> bool:
+        """True for an Ed25519 key (JWS ``Ed25519`` or the legacy ``EdDSA``)."""
+        return isinstance(self.private_key, ed25519.Ed25519PrivateKey)
 
     def private_pem(self) -> bytes:
         """Unencrypted PKCS#8 PEM (write it with mode 0600)."""
@@ -155,11 +197,29 @@ def b64url_decode(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def sign_detached_jws(*, payload: bytes, signer: Signer, typ: str) -> str:
-    """Compact JWS over `payload` with the payload left out: ``header..signature``."""
+def signing_algorithm(signer: Signer, algorithm: str | None) -> str:
+    """`algorithm` if the signer's key may use it, else `InvalidInputError`; None: the default."""
+    if algorithm is None:
+        return signer.algorithm
+    if algorithm not in algorithms_for(signer.private_key):
+        raise InvalidInputError(f"a {signer.algorithm} key cannot sign with JWS alg {algorithm}")
+    return algorithm
+
+
+def sign_detached_jws(
+    *, payload: bytes, signer: Signer, typ: str, algorithm: str | None = None
+) -> str:
+    """Compact JWS over `payload` with the payload left out: ``header..signature``.
+
+    `algorithm` picks the legacy ``EdDSA`` name for an Ed25519 key (for verifiers not yet
+    updated); by default the signer's own (`algorithm_for`).
+    """
     headers = {"kid": signer.key_id, "typ": typ}
     token = jwt.api_jws.encode(
-        payload, signer.private_key, algorithm=signer.algorithm, headers=headers
+        payload,
+        signer.private_key,
+        algorithm=signing_algorithm(signer, algorithm),
+        headers=headers,
     )
     header, _, signature = token.split(".")
     return f"{header}..{signature}"
@@ -210,15 +270,16 @@ def verify_detached_jws(*, jws: str, payload: bytes, public_key: PublicKey, typ:
     `VerificationError` (``bad_jws`` or ``bad_signature``).
     """
     header = read_detached_jws_header(jws, typ=typ)
-    expected = algorithm_for(public_key)
-    if header.alg != expected:
+    allowed = algorithms_for(public_key)
+    if header.alg not in allowed:
         raise VerificationError(
-            f"JWS alg {header.alg} does not match the trusted key ({expected})", reason="bad_jws"
+            f"JWS alg {header.alg} does not match the trusted key ({' or '.join(allowed)})",
+            reason="bad_jws",
         )
     head, _, signature = jws.strip().split(".")
     attached = f"{head}.{b64url(payload)}.{signature}"
     try:
-        jwt.api_jws.decode_complete(attached, key=public_key, algorithms=[expected])
+        jwt.api_jws.decode_complete(attached, key=public_key, algorithms=[header.alg])
     except jwt.InvalidSignatureError as exc:
         raise VerificationError(
             "manifest signature does not verify", reason="bad_signature"

@@ -45,6 +45,7 @@ def build(
     created_at: datetime,
     out_name: str = "pkg",
     files: dict[str, bytes] | None = None,
+    jws_alg: str | None = None,
 ) -> Path:
     """Build a real signed package under `tmp` and return its path (folder or .tar)."""
     source = write_source(tmp / f"src-{out_name}", files)
@@ -59,6 +60,7 @@ def build(
         legal_basis=dict(LEGAL_BASIS),
         collection=json.loads(json.dumps(COLLECTION)),
         created_at=created_at,
+        jws_alg=jws_alg,
     )
     return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
+from joserfc import jwk as joserfc_jwk, jwt as joserfc_jwt
 
 from exchange.auth import (
     ROLE_SCOPES,
@@ -106,7 +108,7 @@ def rejected(verifier: TokenVerifier, token: str, message: str) -> None:
 
 def test_issued_token_has_rfc9068_header_and_claims(issuer: TokenIssuer, issuer_signer: Signer):
     header, claims = parts(issue(issuer))
-    assert header == {"alg": "EdDSA", "kid": issuer_signer.key_id, "typ": "at+jwt"}
+    assert header == {"alg": "Ed25519", "kid": issuer_signer.key_id, "typ": "at+jwt"}
     t = int(NOW.timestamp())
     assert claims["iss"] == ISSUER
     assert claims["aud"] == AUDIENCE
@@ -195,7 +197,7 @@ def test_jwks_publishes_current_and_previous_keys(issuer_signer: Signer):
         "crv": "Ed25519",
         "x": b64url(raw),
         "kid": issuer_signer.key_id,
-        "alg": "EdDSA",
+        "alg": "Ed25519",
         "use": "sig",
     }
     keys = keys_from_jwks(jwks)
@@ -206,6 +208,43 @@ def test_jwks_publishes_current_and_previous_keys(issuer_signer: Signer):
     )
     verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE)
     assert verifier.verify(old_token, now=NOW).client_id == "c1"
+
+
+@pytest.mark.parametrize("alg", ["Ed25519", "EdDSA"])
+def test_tokens_signed_under_either_name_verify(issuer_signer: Signer, alg: str):
+    # A replica still signing EdDSA (rolling upgrade) and one signing Ed25519 serve the same tokens.
+    legacy = TokenIssuer(issuer_signer, issuer=ISSUER, audience=AUDIENCE, algorithm=alg)
+    token = legacy.issue(
+        client_id="c1", agency="PH-NBI", country="PH", role=Role.PARTNER, case_ids=[], now=NOW
+    )
+    assert parts(token)[0]["alg"] == alg
+    assert legacy.jwks()["keys"][0]["alg"] == alg
+    keys = keys_from_jwks(legacy.jwks())
+    verifier = TokenVerifier(keys, issuer=ISSUER, audience=AUDIENCE)
+    assert verifier.verify(token, now=NOW).client_id == "c1"
+
+
+@pytest.mark.parametrize("alg", ["ES256", "Ed448", "ed25519", "EdDSA "])
+def test_token_with_another_alg_name_is_rejected(
+    verifier: TokenVerifier, issuer_signer: Signer, alg: str
+):
+    header = {**good_header(issuer_signer), "alg": alg}
+    rejected(verifier, forge(header, good_claims(), issuer_signer.sign), "algorithm")
+
+
+def test_issuer_refuses_an_unknown_algorithm(issuer_signer: Signer):
+    with pytest.raises(InvalidInputError, match="signed with one of"):
+        TokenIssuer(issuer_signer, issuer=ISSUER, audience=AUDIENCE, algorithm="ES256")
+
+
+def test_joserfc_verifies_an_issued_token_through_the_jwks(issuer: TokenIssuer):
+    token = issue(issuer)
+    key_set = joserfc_jwk.KeySet.import_key_set(issuer.jwks())  # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no RFC 9864 deprecation warning: we emit Ed25519
+        decoded = joserfc_jwt.decode(token, key_set, algorithms=["Ed25519"])
+    assert decoded.header["typ"] == "at+jwt"
+    assert decoded.claims["client_id"] == "ph-nbi-partner-1"
 
 
 def test_jwks_with_lying_kid_is_refused(issuer: TokenIssuer):
@@ -533,6 +572,21 @@ def test_ed25519_client_assertion_is_accepted(registry: Registry, th_client: Sig
     claims = assertion_claims("th-rtp-inv-1")
     assert registry.verify(assertion(th_client, claims, kid=th_client.key_id)) == "th-rtp-inv-1"
     assert registry.seen == {claims["jti"]: NOW + timedelta(seconds=120)}
+
+
+@pytest.mark.parametrize("alg", ["Ed25519", "EdDSA"])
+def test_ed25519_client_assertion_is_accepted_under_either_name(
+    registry: Registry, th_client: Signer, alg: str
+):
+    token = forge({"alg": alg, "typ": "JWT"}, assertion_claims("th-rtp-inv-1"), th_client.sign)
+    assert registry.verify(token) == "th-rtp-inv-1"
+
+
+@pytest.mark.parametrize("alg", ["Ed25519", "EdDSA"])
+def test_a_p256_key_cannot_pass_as_ed25519(registry: Registry, ph_client: Signer, alg: str):
+    token = forge({"alg": alg, "typ": "JWT"}, assertion_claims("ph-nbi-partner-1"), ph_client.sign)
+    refused(registry, token, "no registered key of the client matches")
+    assert registry.seen == {}
 
 
 def test_es256_client_assertion_is_accepted(registry: Registry, ph_client: Signer):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -101,6 +102,22 @@ def test_build_then_verify(keys: Path, tmp_path: Path, capsys):
     assert f"VERIFIED package {manifest['package_id']}" in text
     assert "3 files" in text
     assert "warrant W-2026-0042, issued by Bangkok Criminal Court" in text
+
+
+@pytest.mark.parametrize(("flags", "alg"), [([], "Ed25519"), (["--jws-alg", "EdDSA"], "EdDSA")])
+def test_build_signs_as_ed25519_unless_asked_for_eddsa(
+    keys: Path, tmp_path: Path, capsys, flags: list[str], alg: str
+):
+    source = write_source(tmp_path / "src")
+    out = tmp_path / "pkg"
+    key = str(keys / "TH-RTP.key.pem")
+    argv = ["package", "build", str(source), "--agency", "TH-RTP", "--key", key, "--out", str(out)]
+    assert main([*argv, *flags, *BUILD_FLAGS]) == 0
+    head = (out / "manifest.jws").read_text().split(".")[0]
+    assert json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))["alg"] == alg
+    capsys.readouterr()
+    assert main(["package", "verify", str(out), "--trust", str(tmp_path / "trust")]) == 0
+    assert "VERIFIED package" in capsys.readouterr().out
 
 
 def test_build_from_a_metadata_file_into_a_tar_and_verify_as_json(

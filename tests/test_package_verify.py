@@ -55,6 +55,43 @@ def test_es256_signed_package_verifies(tmp_path: Path, now: datetime):
     verify_package(pkg, trust=TrustStore([trusted(signer, "TH-RTP")]), now=now)
 
 
+@pytest.mark.parametrize(("jws_alg", "alg"), [(None, "Ed25519"), ("Ed25519", "Ed25519"), ("EdDSA", "EdDSA")])
+def test_ed25519_package_verifies_under_either_alg_name(
+    tmp_path: Path, trust: TrustStore, now: datetime, th_signer: Signer, jws_alg: str | None, alg: str
+):
+    # RFC 9864: new packages say Ed25519; packages signed before (EdDSA) keep verifying.
+    pkg = build(tmp_path, th_signer, created_at=now, jws_alg=jws_alg)
+    assert json.loads(_header(pkg))["alg"] == alg
+    assert verify_package(pkg, trust=trust, now=now).signed.key.key_id == th_signer.key_id
+
+
+def test_package_signed_under_one_name_and_relabelled_does_not_verify(
+    tmp_path: Path, trust: TrustStore, now: datetime, th_signer: Signer
+):
+    # The alg is inside the signed header: turning EdDSA into Ed25519 breaks the signature.
+    pkg = build(tmp_path, th_signer, created_at=now, jws_alg="EdDSA")
+    _, _, sig = (pkg / JWS_NAME).read_text().strip().split(".")
+    head = {"alg": "Ed25519", "kid": th_signer.key_id, "typ": "exchange-manifest+jws"}
+    (pkg / JWS_NAME).write_text(f"{b64url(json.dumps(head).encode())}..{sig}\n")
+    err = reject(pkg, trust, now)
+    assert err.reason == "bad_signature"
+    assert err.message == "manifest signature does not verify"
+
+
+@pytest.mark.parametrize("alg", ["Ed25519", "EdDSA"])
+def test_es256_trusted_key_refuses_an_ed25519_labelled_manifest(
+    tmp_path: Path, now: datetime, alg: str
+):
+    signer = Signer(ec.generate_private_key(ec.SECP256R1()))
+    pkg = build(tmp_path, signer, created_at=now)
+    _, _, sig = (pkg / JWS_NAME).read_text().strip().split(".")
+    head = {"alg": alg, "kid": signer.key_id, "typ": "exchange-manifest+jws"}
+    (pkg / JWS_NAME).write_text(f"{b64url(json.dumps(head).encode())}..{sig}\n")
+    err = reject(pkg, TrustStore([trusted(signer, "TH-RTP")]), now)
+    assert err.reason == "bad_jws"
+    assert err.message == f"JWS alg {alg} does not match the trusted key (ES256)"
+
+
 def _header(pkg: Path) -> str:
     import base64
 
@@ -168,7 +205,7 @@ def test_alg_that_does_not_match_the_trusted_key(
     sig = (pkg / JWS_NAME).read_text().strip().split(".")[2]
     (pkg / JWS_NAME).write_text(f"{b64url(json.dumps(head).encode())}..{sig}\n")
     err = reject(pkg, trust, now)
-    assert err.message == "JWS alg ES256 does not match the trusted key (EdDSA)"
+    assert err.message == "JWS alg ES256 does not match the trusted key (Ed25519 or EdDSA)"
 
 
 def test_attached_payload_is_refused(pkg: Path, trust: TrustStore, now: datetime):

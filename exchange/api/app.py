@@ -93,7 +93,12 @@ def build_context(settings: Settings, *, metrics: Metrics) -> AppContext:
         origin=settings.ledger_origin,
     )
     public_url = settings.public_url.rstrip("/")
-    issuer = TokenIssuer(issuer_signer(settings), issuer=public_url, audience=public_url)
+    issuer = TokenIssuer(
+        issuer_signer(settings),
+        issuer=public_url,
+        audience=public_url,
+        algorithm=settings.access_token_alg,
+    )
     verifier = TokenVerifier(issuer.verification_keys(), issuer=public_url, audience=public_url)
     return AppContext(
         settings=settings,

@@ -35,6 +35,12 @@ def register(subparsers: Any) -> None:
     build.add_argument("--out", required=True, type=Path, help="PKG_DIR, or PKG.tar")
     build.add_argument("--metadata", type=Path, help="JSON file with manifest fields")
     build.add_argument("--package-id", help="UUID (default: a new random one)")
+    build.add_argument(
+        "--jws-alg",
+        choices=["Ed25519", "EdDSA"],
+        help="JWS alg name for an Ed25519 key (default Ed25519, RFC 9864); EdDSA only for "
+        "recipients whose verifiers predate RFC 9864",
+    )
     legal = build.add_argument_group("legal basis")
     legal.add_argument("--legal-basis", choices=[t.value for t in LegalBasisType])
     legal.add_argument("--legal-reference", help="e.g. the warrant number")
@@ -134,6 +140,7 @@ def build_command(args: argparse.Namespace) -> int:
                 created_at=datetime.now(UTC),
                 package_id=args.package_id,
                 on_bytes=progress.advance,
+                jws_alg=args.jws_alg,
                 **fields,
             )
     except ExchangeError as exc:

@@ -122,9 +122,17 @@ def hash_source(
     return entries
 
 
-def sign_manifest(manifest: Manifest | Mapping[str, Any], signer: Signer) -> str:
-    """The detached JWS (manifest.jws) over the manifest's RFC 8785 canonical bytes."""
-    return sign_detached_jws(payload=canonical_bytes(manifest), signer=signer, typ=MANIFEST_JWS_TYP)
+def sign_manifest(
+    manifest: Manifest | Mapping[str, Any], signer: Signer, *, algorithm: str | None = None
+) -> str:
+    """The detached JWS (manifest.jws) over the manifest's RFC 8785 canonical bytes.
+
+    `algorithm` None signs an Ed25519 key's manifest as ``Ed25519``; ``EdDSA`` is for recipients
+    whose verifiers predate RFC 9864.
+    """
+    return sign_detached_jws(
+        payload=canonical_bytes(manifest), signer=signer, typ=MANIFEST_JWS_TYP, algorithm=algorithm
+    )
 
 
 def write_package(
@@ -134,6 +142,7 @@ def write_package(
     files: list[SourceFile],
     out: Path,
     on_bytes: ProgressCallback | None = None,
+    jws_alg: str | None = None,
 ) -> str:
     """Sign `manifest` and write the package to `out` (a folder, or a tar if it ends in .tar).
 
@@ -144,7 +153,7 @@ def write_package(
     if out.exists():
         raise InvalidInputError(f"{out} already exists; refusing to overwrite")
     by_path = {entry.path: entry for entry in manifest.files}
-    jws = sign_manifest(manifest, signer)
+    jws = sign_manifest(manifest, signer, algorithm=jws_alg)
     manifest_text = (json.dumps(manifest.to_wire(), indent=2, ensure_ascii=False) + "\n").encode()
     partial = out.with_name(f".{out.name}.partial-{uuid.uuid4().hex[:8]}")
     try:
@@ -235,6 +244,7 @@ def build_package(
     exhibit_ref: str | None = None,
     notes: str | None = None,
     on_bytes: ProgressCallback | None = None,
+    jws_alg: str | None = None,
 ) -> Manifest:
     """Hash every file under `source`, write a signed manifest, and lay the package at `out`."""
     files = scan_source(source)
@@ -251,5 +261,7 @@ def build_package(
         exhibit_ref=exhibit_ref,
         notes=notes,
     )
-    write_package(manifest=manifest, signer=signer, files=files, out=out, on_bytes=on_bytes)
+    write_package(
+        manifest=manifest, signer=signer, files=files, out=out, on_bytes=on_bytes, jws_alg=jws_alg
+    )
     return manifest

@@ -88,7 +88,7 @@ def test_login_answers_an_rfc_9068_token_with_case_scopes(api: Api, tmp_path: Pa
     assert f"case:{case_id}:read" in body["scope"].split()
     header = jwt.get_unverified_header(body["access_token"])
     assert header["typ"] == "at+jwt"
-    assert header["alg"] == "EdDSA"
+    assert header["alg"] == "Ed25519"
     jwks = api.http.get("/.well-known/jwks.json").json()
     assert header["kid"] in {k["kid"] for k in jwks["keys"]}
     # The same assertion twice is a replay.
