@@ -16,7 +16,7 @@ from urllib.parse import quote
 import httpx
 import jwt
 
-from exchange.signing import Signer
+from exchange.signing import Signer, signing_algorithm
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CHUNK_SIZE = 1024 * 1024
@@ -32,10 +32,25 @@ class ClientError(Exception):
         self.detail = detail
 
 
+# Client assertions from an Ed25519 key still say `EdDSA`: only the exchange's token endpoint
+# reads them, and one not yet updated for RFC 9864 refuses `Ed25519`, while every exchange
+# accepts `EdDSA`. A partner's CLI is often newer than the foreign exchange it logs in to.
+ASSERTION_ED25519_ALG = "EdDSA"
+
+
 def make_client_assertion(
-    *, client_id: str, signer: Signer, audience: str, lifetime_seconds: int = 120
+    *,
+    client_id: str,
+    signer: Signer,
+    audience: str,
+    lifetime_seconds: int = 120,
+    algorithm: str | None = None,
 ) -> str:
-    """An RFC 7523 client assertion: iss = sub = client id, aud = the token endpoint, fresh jti."""
+    """An RFC 7523 client assertion: iss = sub = client id, aud = the token endpoint, fresh jti.
+
+    `algorithm` overrides the JWS alg (``Ed25519`` or ``EdDSA`` for an Ed25519 key); by default
+    ``EdDSA`` for Ed25519 keys (see `ASSERTION_ED25519_ALG`) and ``ES256`` for P-256 keys.
+    """
     now = int(time.time())
     claims = {
         "iss": client_id,
@@ -45,8 +60,13 @@ def make_client_assertion(
         "exp": now + lifetime_seconds,
         "jti": str(uuid.uuid4()),
     }
+    if algorithm is None:
+        algorithm = ASSERTION_ED25519_ALG if signer.is_ed25519 else signer.algorithm
     return jwt.encode(
-        claims, signer.private_key, algorithm=signer.algorithm, headers={"kid": signer.key_id}
+        claims,
+        signer.private_key,
+        algorithm=signing_algorithm(signer, algorithm),
+        headers={"kid": signer.key_id},
     )
 
 

@@ -55,9 +55,16 @@ def test_es256_signed_package_verifies(tmp_path: Path, now: datetime):
     verify_package(pkg, trust=TrustStore([trusted(signer, "TH-RTP")]), now=now)
 
 
-@pytest.mark.parametrize(("jws_alg", "alg"), [(None, "Ed25519"), ("Ed25519", "Ed25519"), ("EdDSA", "EdDSA")])
+@pytest.mark.parametrize(
+    ("jws_alg", "alg"), [(None, "Ed25519"), ("Ed25519", "Ed25519"), ("EdDSA", "EdDSA")]
+)
 def test_ed25519_package_verifies_under_either_alg_name(
-    tmp_path: Path, trust: TrustStore, now: datetime, th_signer: Signer, jws_alg: str | None, alg: str
+    tmp_path: Path,
+    trust: TrustStore,
+    now: datetime,
+    th_signer: Signer,
+    jws_alg: str | None,
+    alg: str,
 ):
     # RFC 9864: new packages say Ed25519; packages signed before (EdDSA) keep verifying.
     pkg = build(tmp_path, th_signer, created_at=now, jws_alg=jws_alg)

@@ -162,7 +162,9 @@ def test_both_names_carry_the_same_signature_over_their_own_header():
 )
 def test_an_alg_that_does_not_fit_the_trusted_key_is_refused(key_kind: str, alg: str, allowed: str):
     trusted = (
-        Signer.generate() if key_kind == "ed25519" else Signer(ec.generate_private_key(ec.SECP256R1()))
+        Signer.generate()
+        if key_kind == "ed25519"
+        else Signer(ec.generate_private_key(ec.SECP256R1()))
     )
     header = base64.urlsafe_b64encode(
         json.dumps({"alg": alg, "kid": trusted.key_id, "typ": "t"}).encode()
@@ -202,7 +204,7 @@ def _b64json(value: object) -> str:
     return base64.urlsafe_b64encode(json.dumps(value).encode()).rstrip(b"=").decode()
 
 
-def _okp_jwk(signer: Signer) -> dict[str, str]:
+def _okp_jwk(signer: Signer) -> dict[str, str | list[str]]:
     raw = signer.public_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
     return {"kty": "OKP", "crv": "Ed25519", "x": x}
@@ -232,9 +234,7 @@ def test_jwcrypto_verifies_what_we_emit():
 @pytest.mark.parametrize("alg", ["Ed25519", "EdDSA"])
 def test_we_verify_what_joserfc_signs_under_either_name(alg: str):
     signer = Signer.generate()
-    private = joserfc_jwk.import_key(
-        signer.private_pem(), "OKP"
-    )
+    private = joserfc_jwk.import_key(signer.private_pem(), "OKP")
     header = {"alg": alg, "kid": signer.key_id, "typ": "t"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # joserfc warns that EdDSA is deprecated

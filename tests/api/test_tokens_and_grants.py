@@ -97,6 +97,18 @@ def test_login_answers_an_rfc_9068_token_with_case_scopes(api: Api, tmp_path: Pa
     assert replay.json()["error"] == "invalid_client"
 
 
+@pytest.mark.parametrize("alg", ["Ed25519", "EdDSA", None])
+def test_login_accepts_ed25519_assertions_under_either_alg_name(api: Api, alg: str | None):
+    assertion = make_client_assertion(
+        client_id=TH_INVESTIGATOR, signer=dev_signer("TH-RTP"), audience=TOKEN_URL, algorithm=alg
+    )
+    # The CLI's default stays EdDSA, which every exchange accepts (see ASSERTION_ED25519_ALG).
+    assert jwt.get_unverified_header(assertion)["alg"] == (alg or "EdDSA")
+    response = token_request(api, assertion)
+    assert response.status_code == 200, response.text
+    assert jwt.get_unverified_header(response.json()["access_token"])["alg"] == "Ed25519"
+
+
 @pytest.mark.parametrize(
     ("client_id", "agency", "audience", "lifetime", "why"),
     [
