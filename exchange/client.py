@@ -179,23 +179,40 @@ class ExchangeClient:
     ) -> int:
         """Stream a GET body into `sink`; returns the byte count.
 
-        A body cut short by the server (it aborts a stream whose stored bytes no longer match)
-        raises `ClientError` with code ``stream_aborted``.
+        A body the server breaks off (closing the connection before its Content-Length) raises
+        `ClientError` with code ``stored_object_corrupt``: the exchange breaks off a started
+        download only when it finds its stored object no longer matching the sealed hash, and
+        it records that in the ledger first. A connection that fails otherwise (reset, timeout)
+        raises ``stream_aborted``.
         """
         total = 0
+        expected = "?"
         url = self.base_url.rstrip("/") + path
         try:
             with self.http.stream("GET", url, headers=self._auth()) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise_for_problem(response)
+                expected = response.headers.get("content-length", "?")
                 for chunk in response.iter_bytes(CHUNK_SIZE):
                     sink.write(chunk)
                     total += len(chunk)
                     if on_bytes is not None:
                         on_bytes(len(chunk))
-        except (httpx.RemoteProtocolError, httpx.ReadError) as exc:
-            raise ClientError(0, "stream_aborted", str(exc)) from exc
+        except httpx.RemoteProtocolError as exc:
+            raise ClientError(
+                0,
+                "stored_object_corrupt",
+                f"the exchange broke off the download after {total} of {expected} bytes: it "
+                "detected a corrupt stored object (no longer matching its sealed hash) and "
+                "recorded it in the ledger",
+            ) from exc
+        except (httpx.ReadError, httpx.ReadTimeout) as exc:
+            raise ClientError(
+                0,
+                "stream_aborted",
+                f"the connection broke off after {total} of {expected} bytes: {exc}",
+            ) from exc
         return total
 
     def close(self) -> None:

@@ -12,6 +12,7 @@ The tree::
     ├── ForbiddenError                 "forbidden"            authenticated but not allowed
     ├── VerificationError              "verification_failed"  signature, digest or proof does not hold
     │   └── IntegrityFailureError      "integrity_failure"    stored bytes no longer match the record
+    │       └── StoredObjectCorruptError "stored_object_corrupt" a stored evidence object, found on fetch
     ├── UnavailableError               "unavailable"          a backend is down; retry later
     └── StorageError                   "storage_error"        a backend failed in an unexpected way
 
@@ -94,6 +95,12 @@ class IntegrityFailureError(VerificationError):
     """Bytes held by the exchange no longer match what was sealed."""
 
     code = "integrity_failure"
+
+
+class StoredObjectCorruptError(IntegrityFailureError):
+    """A stored evidence object no longer matches its sealed size or SHA-256."""
+
+    code = "stored_object_corrupt"
 
 
 class UnavailableError(ExchangeError):

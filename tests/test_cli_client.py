@@ -336,13 +336,12 @@ def test_fetch_refuses_bytes_replaced_behind_the_exchanges_back(
     finally:
         blob.write_bytes(original)
         blob.chmod(0o444)
-    size = entry["size"]
-    # The exchange re-hashes while streaming and holds the last chunk back: the body is cut.
+    # A small object is verified whole before anything is sent: a problem answer, named.
     assert capsys.readouterr().err.replace("\n", "") == (
-        f"error: fetch refused: package {package_id}: the exchange broke off sending "
-        f"data/chats/line-export.txt after 0 of {size} bytes (peer closed connection without "
-        f"sending complete message body (received 0 bytes, expected {size})); nothing of the "
-        "package was kept"
+        f"error: fetch refused: package {package_id}: the exchange detected a corrupt stored "
+        "object: its copy of data/chats/line-export.txt no longer matches the sealed manifest; "
+        "it recorded this in the ledger (integrity.failure) and refused the fetch; nothing of "
+        "the package was kept"
     )
     assert list(out.iterdir()) == []
     # ...and the custody record says so.

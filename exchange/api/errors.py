@@ -26,6 +26,7 @@ from exchange.errors import (
     NotFoundError,
     PayloadTooLargeError,
     StorageError,
+    StoredObjectCorruptError,
     UnauthenticatedError,
     UnavailableError,
     VerificationError,
@@ -49,6 +50,7 @@ STATUS: Final[dict[type[ExchangeError], int]] = {
     ForbiddenError: 403,
     VerificationError: 422,
     IntegrityFailureError: 502,  # our stored bytes went bad: a server-side fault, never the caller's
+    StoredObjectCorruptError: 502,
     UnavailableError: 503,
     StorageError: 502,
 }

@@ -138,7 +138,7 @@ def session(profile: str) -> Iterator[ExchangeClient]:
 
 def server_error(exc: ClientError) -> str:
     """A one-line message for an error answer."""
-    if exc.code == "stream_aborted":
+    if exc.code in ("stream_aborted", "stored_object_corrupt") and exc.status == 0:
         return f"the download broke off: {exc.detail}"
     if exc.status == 0:
         return exc.detail
@@ -504,12 +504,25 @@ def _fetch_package(
             try:
                 client.download_file(case_id, package_id, entry.path, sink, on_bytes=on_bytes)  # type: ignore[arg-type]
             except ClientError as exc:
+                if exc.code == "stored_object_corrupt":
+                    how = (
+                        "and refused the fetch"
+                        if exc.status
+                        else f"and broke off the download after {sink.size} of {entry.size} bytes"
+                    )
+                    raise VerificationError(
+                        f"package {package_id}: the exchange detected a corrupt stored object: "
+                        f"its copy of data/{entry.path} no longer matches the sealed manifest; "
+                        f"it recorded this in the ledger (integrity.failure) {how}; nothing of "
+                        "the package was kept",
+                        reason="stored_object_corrupt",
+                        path=entry.path,
+                    ) from exc
                 if exc.code != "stream_aborted":
                     raise
                 raise VerificationError(
-                    f"package {package_id}: the exchange broke off sending data/{entry.path} "
-                    f"after {sink.size} of {entry.size} bytes ({exc.detail}); nothing of the "
-                    "package was kept",
+                    f"package {package_id}: the download of data/{entry.path} broke off "
+                    f"({exc.detail}); nothing of the package was kept",
                     reason="incomplete_download",
                     path=entry.path,
                 ) from exc

@@ -1,22 +1,23 @@
 """Fetching evidence: authorize, record `bundle.fetched` before the first byte, stream re-hashing.
 
-The stored object is checked twice: its size before anything is recorded or sent (a swapped
-object of another size is refused up front), and its SHA-256 while streaming, holding back the
-last chunk until the digest matches, so a client never receives a complete wrong body. Either
-mismatch writes `integrity.failure` in a transaction of its own.
+The stored object is checked before anything is recorded or sent: its size always, and a small
+object (up to `HELD_MAX_BYTES`) is read and hashed whole, so a corrupt one is refused with a
+problem answer and no byte of it leaves. A larger object is hashed while streaming, holding
+back the last chunk until the digest matches, so a client never receives a complete wrong
+body. Every mismatch writes `integrity.failure` in a transaction of its own.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, Table, bindparam, select
 from sqlmodel import Session
 
-from exchange.errors import BlobNotFoundError, IntegrityFailureError, NotFoundError
+from exchange.errors import BlobNotFoundError, NotFoundError, StoredObjectCorruptError
 from exchange.grants import CaseView, check_scope
 from exchange.ledger.entry import Action, NewEntry
 from exchange.ledger.signer import LogSigner
@@ -58,20 +59,17 @@ class FileDownload:
 
 
 class HeldChunks:
-    """A small file's stream, already read and verified: its bytes, or the error reading raised.
+    """A small file's bytes, already read and verified.
 
     Iterable, and async-iterable so that an ASGI server sends it from the event loop without a
-    thread-pool hop per chunk. The error is raised when iterated, as streaming would have.
+    thread-pool hop per chunk.
     """
 
-    def __init__(self, data: bytes, error: Exception | None = None) -> None:
-        """`data` to yield, or `error` to raise once iterated."""
+    def __init__(self, data: bytes) -> None:
+        """The verified bytes to yield."""
         self._data = data
-        self._error = error
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._error is not None:
-            raise self._error
         if self._data:
             yield self._data
 
@@ -81,10 +79,11 @@ class HeldChunks:
 
 
 class _StoredObjectMismatchError(Exception):
-    def __init__(self, reason: str, found: str) -> None:
+    def __init__(self, reason: str, found: str, expected: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
         self.found = found
+        self.expected = expected
 
 
 _CASE: Table = CaseRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it
@@ -205,12 +204,15 @@ def open_file(
     package_id: str,
     path: str,
 ) -> FileDownload:
-    """Authorize a fetch, check the stored size, commit `bundle.fetched`, open the stream.
+    """Authorize a fetch, check the stored object, commit `bundle.fetched`, open the stream.
 
-    Raises `NotFoundError` for anything the caller may not see, `IntegrityFailureError` (after
-    recording it) when the stored object is missing or of another size.
+    Raises `NotFoundError` for anything the caller may not see, `StoredObjectCorruptError`
+    (after recording it, and with no `bundle.fetched`) when the stored object is missing, of
+    another size, or (small objects) of another hash. A larger object's stream raises
+    `StoredObjectCorruptError` after recording it, before its last chunk, if its hash differs.
     """
     reader: BlobReader | None = None
+    held: HeldChunks | None = None
     try:
         with session_scope(engine) as session:
             target = _fetchable(session, principal, now, case_id, package_id, path)
@@ -222,6 +224,10 @@ def open_file(
                 raise _StoredObjectMismatchError("size_mismatch", f"{stored} bytes")
             # Opened before the entry commits: a store that fails here records no fetch.
             reader = store.open(target.blob_key)
+            if target.size <= HELD_MAX_BYTES:
+                # Small: read and verified whole before anything is recorded or sent, so a
+                # corrupt object is answered with a problem, never with 200 and cut bytes.
+                held = HeldChunks(b"".join(_checked_chunks(reader, target)))
             ledger_store.append(
                 session,
                 NewEntry(
@@ -235,7 +241,9 @@ def open_file(
                 now=now,
             )
     except _StoredObjectMismatchError as exc:
-        expected = f"{target.size} bytes"
+        if reader is not None:
+            reader.close()
+        expected = exc.expected or f"{target.size} bytes"
         raise _failure(
             engine, log, principal, now, target, exc.reason, expected, exc.found
         ) from None
@@ -243,20 +251,19 @@ def open_file(
         if reader is not None:
             reader.close()
         raise
+    if held is not None:
+        return FileDownload(file=target, chunks=held)
 
-    def fail(reason: str, expected: str, found: str) -> IntegrityFailureError:
-        return _failure(engine, log, principal, now, target, reason, expected, found)
+    def streamed() -> Iterator[bytes]:
+        try:
+            yield from _checked_chunks(reader, target)
+        except _StoredObjectMismatchError as exc:
+            expected = exc.expected or f"{target.size} bytes"
+            raise _failure(
+                engine, log, principal, now, target, exc.reason, expected, exc.found
+            ) from None
 
-    chunks = _verified_chunks(reader, target, fail)
-    if target.size > HELD_MAX_BYTES:
-        return FileDownload(file=target, chunks=chunks)
-    # Small: read and verify it now, with the same checks and records in the same order as
-    # streaming; a failure is held and raised once the response is under way, as it would be.
-    try:
-        held = HeldChunks(b"".join(chunks))
-    except Exception as exc:  # re-raised by the iteration, not swallowed
-        held = HeldChunks(b"", exc)
-    return FileDownload(file=target, chunks=held)
+    return FileDownload(file=target, chunks=streamed())
 
 
 def _failure(
@@ -268,7 +275,7 @@ def _failure(
     reason: str,
     expected: str,
     found: str,
-) -> IntegrityFailureError:
+) -> StoredObjectCorruptError:
     record_integrity_failure(
         engine,
         log=log,
@@ -281,19 +288,20 @@ def _failure(
         expected=expected,
         found=found,
     )
-    return IntegrityFailureError(
-        f"stored bytes of {target.path} no longer match the sealed manifest ({reason}); "
-        "the fetch was refused and the failure recorded in the ledger",
+    return StoredObjectCorruptError(
+        f"the exchange's stored copy of {target.path} is corrupt: it no longer matches the "
+        f"sealed manifest ({reason}); the fetch was refused and recorded in the ledger as "
+        "integrity.failure",
         reason=reason,
         path=target.path,
     )
 
 
-def _verified_chunks(
-    reader: BlobReader,
-    target: StoredFile,
-    fail: Callable[[str, str, str], IntegrityFailureError],
-) -> Iterator[bytes]:
+def _checked_chunks(reader: BlobReader, target: StoredFile) -> Iterator[bytes]:
+    """The stored bytes, closing `reader` at the end; `_StoredObjectMismatchError` on a mismatch.
+
+    The last chunk is held back until the whole object hashed to the sealed digest.
+    """
     digest = hashlib.sha256()
     total = 0
     pending = b""
@@ -301,15 +309,14 @@ def _verified_chunks(
         while chunk := reader.read(CHUNK_SIZE):
             total += len(chunk)
             if total > target.size:
-                raise fail("size_mismatch", f"{target.size} bytes", f"more than {target.size}")
+                raise _StoredObjectMismatchError("size_mismatch", f"more than {target.size}")
             digest.update(chunk)
             if pending:
                 yield pending
             pending = chunk
     if total != target.size:
-        raise fail("size_mismatch", f"{target.size} bytes", f"{total} bytes")
+        raise _StoredObjectMismatchError("size_mismatch", f"{total} bytes")
     if digest.hexdigest() != target.sha256:
-        raise fail("hash_mismatch", target.sha256, digest.hexdigest())
-    # The last chunk goes out only once the whole object hashed to the sealed digest.
+        raise _StoredObjectMismatchError("hash_mismatch", digest.hexdigest(), target.sha256)
     if pending:
         yield pending

@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from exchange.errors import ExchangeError, IntegrityFailureError
+from exchange.errors import ExchangeError
 from exchange.model import Principal, Role
 from exchange.service import fetch
 from exchange.storage.db import session_scope
 from tests.api.conftest import PH_PARTNER, TH_INVESTIGATOR, Api, make_package, upload
 from tests.api.test_integrity import replace_object
+from tests.api.test_packages import assert_problem
 
 MISSING = "00000000-0000-4000-8000-000000000000"
 
@@ -108,10 +109,8 @@ def test_small_and_streamed_files_are_served_whole_and_recorded(
     assert api.actions(case_id)[-1] == "bundle.fetched"
 
 
-@pytest.mark.parametrize("size", [4096, fetch.HELD_MAX_BYTES + 1])
-def test_same_size_forgery_aborts_the_fetch_after_it_is_recorded(
-    api: Api, tmp_path: Path, size: int
-):
+def forged(api: Api, tmp_path: Path, size: int) -> tuple[str, str, bytes]:
+    """A sealed one-file package granted to PH whose stored object was swapped, same size."""
     data = os.urandom(size)
     case_id = api.open_case()
     package = make_package(tmp_path, files={"evidence/image.bin": data})
@@ -120,11 +119,32 @@ def test_same_size_forgery_aborts_the_fetch_after_it_is_recorded(
     sha256 = package.manifest["files"][0]["sha256"]
     replace_object(api, api.context.store.key_for(sha256), bytes(b ^ 0xFF for b in data))
     url = f"/v1/cases/{case_id}/packages/{package.package_id}/files/evidence/image.bin"
-    # Held or streamed alike: the answer had begun, so the stream breaks instead of ending.
-    with pytest.raises(RuntimeError, match="response already started") as caught:
-        api.call("GET", url, PH_PARTNER)
-    failure = caught.value.__cause__
-    assert isinstance(failure, IntegrityFailureError)
-    assert failure.reason == "hash_mismatch"
+    return case_id, url, data
+
+
+@pytest.mark.parametrize("size", [4096, fetch.HELD_MAX_BYTES])
+def test_a_small_same_size_forgery_is_refused_before_any_byte_and_recorded(
+    api: Api, tmp_path: Path, size: int
+):
+    case_id, url, data = forged(api, tmp_path, size)
+    response = api.call("GET", url, PH_PARTNER)
+    body = assert_problem(response, 502, "stored_object_corrupt", "hash_mismatch")
+    assert body["path"] == "evidence/image.bin"
+    assert bytes(b ^ 0xFF for b in data[:64]) not in response.content
+    actions = api.actions(case_id)
+    assert actions[-1] == "integrity.failure"
+    assert "bundle.fetched" not in actions  # refused before the fetch was recorded
+    api.verify_ledger()
+
+
+def test_a_streamed_same_size_forgery_ends_short_after_it_is_recorded(api: Api, tmp_path: Path):
+    size = fetch.HELD_MAX_BYTES + 1
+    case_id, url, _ = forged(api, tmp_path, size)
+    response = api.call("GET", url, PH_PARTNER)
+    # The answer had begun: the stream ends short of its Content-Length instead of completing,
+    # and nothing is raised in the app (no "response already started").
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(size)
+    assert len(response.content) < size
     assert api.actions(case_id)[-2:] == ["bundle.fetched", "integrity.failure"]
     api.verify_ledger()

@@ -32,7 +32,7 @@ def test_an_object_of_another_size_is_refused_before_anything_is_sent(api: Api, 
     entry = package.manifest["files"][0]
     replace_object(api, api.context.store.key_for(entry["sha256"]), b"forged evidence")
     url = f"/v1/cases/{case_id}/packages/{package.package_id}/files/{entry['path']}"
-    body = assert_problem(api.call("GET", url, PH_PARTNER), 502, "integrity_failure")
+    body = assert_problem(api.call("GET", url, PH_PARTNER), 502, "stored_object_corrupt")
     assert body["reason"] == "size_mismatch"
     assert body["path"] == entry["path"]
     actions = api.actions(case_id)

@@ -136,7 +136,12 @@ def test_a_same_size_swap_aborts_the_download_mid_stream(live: LiveServer, tmp_p
         replace_object(_ApiView(live), key, swapped)  # type: ignore[arg-type]  # duck-typed view
         with pytest.raises(ClientError) as aborted:
             th.download_file(case_id, package.package_id, "disk.img", io.BytesIO())
-    assert aborted.value.code == "stream_aborted"
+    assert aborted.value.code == "stored_object_corrupt"
+    assert aborted.value.detail == (
+        f"the exchange broke off the download after {len(big) - 17} of {len(big)} bytes: it "
+        "detected a corrupt stored object (no longer matching its sealed hash) and recorded it "
+        "in the ledger"
+    )
     with session_scope(live.context.engine) as session:
         rows = ledger_store.entries_for_case(session, case_id)
         actions = [r.action for r in rows]

@@ -8,11 +8,12 @@ from typing import Any
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from exchange.api.bodies import read_body_in_thread
 from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
+from exchange.api.streams import VerifiedStreamingResponse
 from exchange.errors import InvalidInputError
 from exchange.service import fetch, packages
 
@@ -149,7 +150,7 @@ async def get_file(
     context: ContextDep,
     principal: PrincipalDep,
     now: NowDep,
-) -> StreamingResponse:
+) -> VerifiedStreamingResponse:
     """Stream one file of a sealed package, re-hashed on the way; aborted if it no longer matches."""
     opening = partial(
         fetch.open_file,
@@ -167,4 +168,4 @@ async def get_file(
     context.metrics.evidence_bytes.labels("out").inc(file.size)
     digest = base64.b64encode(bytes.fromhex(file.sha256)).decode()
     headers = {"Content-Length": str(file.size), "Repr-Digest": f"sha-256=:{digest}:"}
-    return StreamingResponse(download.chunks, media_type=file.media_type, headers=headers)
+    return VerifiedStreamingResponse(download.chunks, media_type=file.media_type, headers=headers)
