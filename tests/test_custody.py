@@ -19,7 +19,7 @@ from sqlalchemy import Engine
 
 from exchange.custody import timeline_lines, verify_bundle
 from exchange.errors import VerificationError
-from exchange.ledger import merkle
+from exchange.ledger import casechain, merkle
 from exchange.ledger.checkpoint import Checkpoint
 from exchange.ledger.entry import Action, Actor, NewEntry, make_entry
 from exchange.ledger.signer import LogSigner
@@ -473,13 +473,18 @@ def test_a_broken_hash_chain_is_caught_even_inside_a_signed_tree(th_signer: Sign
     log = LogSigner.from_signer(Signer.generate(), origin="rogue.example/ledger")
     case_id = str(uuid.uuid4())
     _, first_bytes = make_entry(
-        NewEntry(TH, Action.CASE_OPENED, case_id), seq=0, prev="0" * 64, time=NOW
+        NewEntry(TH, Action.CASE_OPENED, case_id),
+        seq=0,
+        prev="0" * 64,
+        time=NOW,
+        case_link=(0, casechain.genesis(case_id).hex()),
     )
     _, second_bytes = make_entry(
         NewEntry(TH, Action.GRANT_REVOKED, case_id, None, {"grant_id": "g"}),
         seq=1,
         prev="ab" * 32,
         time=NOW,
+        case_link=(1, "ab" * 32),
     )
     leaves = [merkle.leaf_hash(first_bytes), merkle.leaf_hash(second_bytes)]
     note = log.sign(Checkpoint(origin=log.origin, size=2, root_hash=merkle.root(leaves)))
@@ -593,8 +598,7 @@ def test_the_bundle_the_service_exports_verifies(
         package_id=manifest["package_id"], path="chats/line-export.txt",
     )  # fmt: skip
     assert b"".join(download.chunks).startswith("ข้อความ".encode())
-    with session_scope(sqlite_engine) as session:
-        bundle = custody.custody_bundle(session, log=log, principal=th, now=now, case_id=case_id)
+    bundle = custody.export_bundle(sqlite_engine, log=log, principal=th, now=now, case_id=case_id)
     report = verify_bundle(json.loads(json.dumps(bundle)), log_key=log.verifier().public_key)
     assert [e.action for e in report.events] == [
         "case.opened",

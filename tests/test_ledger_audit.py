@@ -11,7 +11,7 @@ from datetime import datetime
 import pytest
 
 from exchange.errors import VerificationError
-from exchange.ledger import merkle, tlog
+from exchange.ledger import casechain, merkle, tlog
 from exchange.ledger.audit import MemoryLog, verify_log, verify_log_parallel
 from exchange.ledger.checkpoint import Checkpoint
 from exchange.ledger.entry import GENESIS_PREV, make_entry, parse_entry
@@ -35,8 +35,16 @@ def build(log: LogSigner, now: datetime, size: int) -> Log:
         return [stored[i] for i in indexes]
 
     prev = GENESIS_PREV
+    heads = casechain.Heads()
     for seq in range(size):
-        _, data = make_entry(new_entry(seq), seq=seq, prev=prev, time=now)
+        new = new_entry(seq)
+        link = None
+        if new.case_id is not None:
+            count, head = heads.link(new.case_id)
+            link = (count, head.hex())
+        _, data = make_entry(new, seq=seq, prev=prev, time=now, case_link=link)
+        if new.case_id is not None:
+            heads.add(new.case_id, seq, merkle.leaf_hash(data))
         digest = hashlib.sha256(data).digest()
         entries.append((seq, data, digest))
         first = tlog.stored_hash_index(0, seq)
@@ -338,7 +346,7 @@ def test_deep_check_names_a_malformed_entry(log: LogSigner, now: datetime) -> No
         )
     assert caught.value.reason == "malformed_entry"
     assert caught.value.message.startswith(
-        "seq 0: malformed_entry: not valid against ledger-entry.v1.json: /action"
+        "seq 0: malformed_entry: not valid against ledger-entry.v2.json: /action"
     )
 
 

@@ -28,6 +28,8 @@ from exchange.schema import load_schema, schema_errors
 
 PACKAGE = "0b9e7c1a-3f4d-4e2b-9a6c-5d8e7f6a1b2c"
 ACTOR = Actor(agency="TH-RTP", country="TH", subject="client:th-rtp-investigator")
+# (case_seq, case_prev) of an entry about a case; see exchange/ledger/casechain.py.
+LINK = (4, "cd" * 32)
 
 
 def new(**overrides: Any) -> NewEntry:
@@ -43,13 +45,14 @@ def new(**overrides: Any) -> NewEntry:
 
 
 def test_canonical_bytes_are_exact(now: datetime) -> None:
-    _, data = make_entry(new(), seq=0, prev=GENESIS_PREV, time=now)
+    _, data = make_entry(new(), seq=0, prev=GENESIS_PREV, time=now, case_link=LINK)
     assert data == (
         b'{"action":"package.sealed","actor":{"agency":"TH-RTP","country":"TH",'
         b'"subject":"client:th-rtp-investigator"},"case_id":"TH-2026-0042",'
+        b'"case_prev":"' + b"cd" * 32 + b'","case_seq":4,'
         b'"details":{"bytes":1024,"files":3,"manifest_sha256":"' + b"ab" * 32 + b'"},'
         b'"package_id":"' + PACKAGE.encode() + b'","prev":"' + b"0" * 64 + b'",'
-        b'"seq":0,"time":"2026-11-29T12:00:00.000000Z"}'
+        b'"seq":0,"time":"2026-11-29T12:00:00.000000Z","v":2}'
     )
     assert entry_hash(data) == hashlib.sha256(data).digest()
 
@@ -68,7 +71,7 @@ def test_optional_ids_are_left_out(now: datetime) -> None:
 
 
 def test_round_trip_through_parse(now: datetime) -> None:
-    entry, data = make_entry(new(), seq=3, prev="ef" * 32, time=now)
+    entry, data = make_entry(new(), seq=3, prev="ef" * 32, time=now, case_link=LINK)
     assert parse_entry(data) == entry
     assert schema_errors(SCHEMA, entry.to_wire()) == []
     assert canonical_bytes(LedgerEntry.from_wire(entry.to_wire())) == data
@@ -102,7 +105,7 @@ def test_bad_new_entries_are_refused(
     overrides: dict[str, Any], message: str, now: datetime
 ) -> None:
     with pytest.raises(InvalidInputError, match=message.replace("/", "/")):
-        make_entry(new(**overrides), seq=0, prev=GENESIS_PREV, time=now)
+        make_entry(new(**overrides), seq=0, prev=GENESIS_PREV, time=now, case_link=LINK)
 
 
 @pytest.mark.parametrize(
@@ -115,7 +118,7 @@ def test_bad_new_entries_are_refused(
 )
 def test_bad_seq_or_prev_is_refused(seq: int, prev: str, message: str, now: datetime) -> None:
     with pytest.raises(InvalidInputError, match=message):
-        make_entry(new(), seq=seq, prev=prev, time=now)
+        make_entry(new(), seq=seq, prev=prev, time=now, case_link=LINK)
 
 
 @pytest.mark.parametrize(
@@ -125,7 +128,7 @@ def test_bad_seq_or_prev_is_refused(seq: int, prev: str, message: str, now: date
 def test_bad_actor_is_refused(field: str, value: str) -> None:
     fields = {"agency": "TH-RTP", "country": "TH", "subject": "s"} | {field: value}
     with pytest.raises(ValueError, match=field):
-        Actor(**fields)
+        Actor.model_validate(fields)
 
 
 @pytest.mark.parametrize(
@@ -133,17 +136,17 @@ def test_bad_actor_is_refused(field: str, value: str) -> None:
     [
         (
             lambda w: w | {"extra": 1},
-            "not valid against ledger-entry.v1.json: /: Additional properties",
+            "not valid against ledger-entry.v2.json: /: Additional properties",
         ),
         (
             lambda w: w | {"time": "2026-11-29T12:00:00+07:00"},
-            "not valid against ledger-entry.v1.json: /time",
+            "not valid against ledger-entry.v2.json: /time",
         ),
         (
             lambda w: w | {"time": "2026-02-30T12:00:00Z"},
-            "not valid against ledger-entry.v1.json: /time",
+            "not valid against ledger-entry.v2.json: /time",
         ),
-        (lambda w: w | {"seq": True}, "not valid against ledger-entry.v1.json: /seq"),
+        (lambda w: w | {"seq": True}, "not valid against ledger-entry.v2.json: /seq"),
         (
             lambda w: {k: v for k, v in w.items() if k != "details"},
             "'details' is a required property",
@@ -151,13 +154,13 @@ def test_bad_actor_is_refused(field: str, value: str) -> None:
     ],
 )
 def test_parse_refuses_what_the_schema_refuses(mutate: Any, message: str, now: datetime) -> None:
-    entry, _ = make_entry(new(), seq=1, prev="ab" * 32, time=now)
+    entry, _ = make_entry(new(), seq=1, prev="ab" * 32, time=now, case_link=LINK)
     with pytest.raises(InvalidInputError, match=message):
         parse_entry(canonical_bytes(mutate(entry.to_wire())))
 
 
 def test_parse_refuses_non_canonical_bytes(now: datetime) -> None:
-    _, data = make_entry(new(), seq=1, prev="ab" * 32, time=now)
+    _, data = make_entry(new(), seq=1, prev="ab" * 32, time=now, case_link=LINK)
     with pytest.raises(InvalidInputError, match="ledger entry: bytes are not RFC 8785 canonical"):
         parse_entry(data.replace(b'"seq":1', b'"seq": 1'))
     with pytest.raises(InvalidInputError, match="duplicate key 'seq'"):
@@ -165,7 +168,7 @@ def test_parse_refuses_non_canonical_bytes(now: datetime) -> None:
 
 
 def test_utc_now_is_accepted() -> None:
-    entry, _ = make_entry(new(), seq=0, prev=GENESIS_PREV, time=datetime.now(UTC))
+    entry, _ = make_entry(new(), seq=0, prev=GENESIS_PREV, time=datetime.now(UTC), case_link=LINK)
     assert entry.time.endswith("Z")
 
 
@@ -193,5 +196,63 @@ def test_entry_bytes_are_the_models_rfc8785_form(
         seq=seq,
         prev="ab" * 32,
         time=datetime(2026, 11, 29, 12, 0, tzinfo=UTC),
+        case_link=LINK,
     )
     assert data == rfc8785.dumps(entry.to_wire())
+
+
+def test_v1_entries_still_parse(now: datetime) -> None:
+    # A ledger written before v2 keeps verifying: its entries have no v, case_seq or case_prev.
+    entry, _ = make_entry(new(), seq=2, prev="ab" * 32, time=now, case_link=LINK)
+    wire = {k: v for k, v in entry.to_wire().items() if k not in ("v", "case_seq", "case_prev")}
+    old = parse_entry(canonical_bytes(wire))
+    assert (old.v, old.case_seq, old.case_prev, old.case_id) == (None, None, None, "TH-2026-0042")
+    assert schema_errors("ledger-entry.v1.json", wire) == []
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda w: {k: v for k, v in w.items() if k != "case_seq"},
+            "'case_seq' is a dependency of 'case_id'",
+        ),
+        (
+            lambda w: {k: v for k, v in w.items() if k not in ("case_id", "package_id")},
+            "'case_id' is a dependency of 'case_seq'",
+        ),
+        (lambda w: w | {"case_seq": -1}, "ledger-entry.v2.json: /case_seq"),
+        (lambda w: w | {"case_prev": "AB" * 32}, "ledger-entry.v2.json: /case_prev"),
+        (
+            lambda w: {k: v for k, v in w.items() if k != "v"},
+            "not valid against ledger-entry.v1.json: /: Additional properties",
+        ),
+        (lambda w: w | {"v": 3}, "ledger-entry.v2.json: /v"),
+        (
+            lambda w: w | {"actor": w["actor"] | {"act": {"sub": "officer-7", "x": 1}}},
+            "ledger-entry.v2.json: /actor/act",
+        ),
+    ],
+)
+def test_v2_case_link_rules(mutate: Any, message: str, now: datetime) -> None:
+    entry, _ = make_entry(new(), seq=1, prev="ab" * 32, time=now, case_link=LINK)
+    with pytest.raises(InvalidInputError, match=message):
+        parse_entry(canonical_bytes(mutate(entry.to_wire())))
+
+
+def test_model_refuses_a_case_entry_without_its_link(now: datetime) -> None:
+    with pytest.raises(InvalidInputError, match="case_seq and case_prev go with case_id"):
+        make_entry(new(), seq=1, prev="ab" * 32, time=now)
+    with pytest.raises(InvalidInputError, match="case_seq and case_prev go with case_id"):
+        make_entry(
+            new(case_id=None, package_id=None), seq=1, prev="ab" * 32, time=now, case_link=LINK
+        )
+
+
+def test_acting_officer_is_recorded(now: datetime) -> None:
+    actor = Actor.model_validate(
+        {**ACTOR.to_wire(), "act": {"sub": "officer-7", "name": "Insp. Somchai"}}
+    )
+    _, data = make_entry(new(actor=actor), seq=1, prev="ab" * 32, time=now, case_link=LINK)
+    assert b'"act":{"name":"Insp. Somchai","sub":"officer-7"}' in data
+    assert parse_entry(data).actor.act == actor.act

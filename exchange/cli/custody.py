@@ -169,11 +169,34 @@ def print_report(report: CustodyReport) -> None:
     root = base64.b64encode(report.root_hash).decode()
     stdout.print(f"[bold green]VERIFIED[/] custody of case {escape(report.case_id)}", markup=True)
     say(f"  ledger    {report.origin}, tree size {report.tree_size}, root {root}")
-    say(f"  entries   {len(report.events)}, each proved against that one signed checkpoint")
+    if report.case_entries is None:
+        say(f"  entries   {len(report.events)}, each proved against that one signed checkpoint")
+        say("  complete  NOT PROVEN: a v1 bundle cannot show that no entry was left out")
+    else:
+        shown = report.case_entries - report.redacted
+        say(
+            f"  complete  all {report.case_entries} entries of the case up to its export "
+            f"(ledger entry {report.tree_size - 1}, the checkpoint's last), chained and proved"
+        )
+        if report.audience is not None:
+            agency, country, view = report.audience
+            say(
+                f"  audience  {view} view for {agency} ({country}): {shown} entries disclosed, "
+                f"{report.redacted} redacted (their hashes are proved, their content withheld)"
+            )
     say(
         f"  packages  {len(report.packages)} sealed; every manifest matches its sealed "
         "digest and its signature verifies"
     )
+    if report.keys_from_log:
+        say("  keys      signer keys are taken from the ledger's own registrations:")
+        for k in report.key_origins:
+            revoked = f", revoked at #{k.revoked_seq}" if k.revoked_seq is not None else ""
+            say(
+                f"              key {k.key_id} of {k.agency}, registered at #{k.registered_seq}{revoked}"
+            )
+    elif report.case_entries is not None:
+        say("  keys      signer keys from your own trust store (--trust)")
     if report.packages and report.packages[0].files_verified:
         say(
             f"  files     {report.files_checked} files, {report.bytes_checked} bytes match "

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from exchange.cli.output import CommandError, print_json, stdout
 from exchange.errors import ExchangeError, VerificationError
 from exchange.keyfiles import ledger_key
-from exchange.ledger.entry import parse_entry
+from exchange.ledger import casechain
 from exchange.ledger.proof import verify_proof_document
 from exchange.ledger.signer import LogVerifier
 from exchange.model import parse_json
@@ -39,7 +39,9 @@ def register(subparsers: Any) -> None:
     verify.add_argument("--log-key", type=Path, help="the log's public key PEM (default: settings)")
     verify.add_argument("--origin", help="expected log origin (default: settings)")
     verify.add_argument(
-        "--deep", action="store_true", help="also parse and schema-check every entry (slower)"
+        "--deep",
+        action="store_true",
+        help="also parse and schema-check every entry and check every case chain (slower)",
     )
     verify.add_argument(
         "--workers",
@@ -110,7 +112,7 @@ def verify_command(args: argparse.Namespace) -> int:
                 session,
                 verify_note=verifier.verify,
                 workers=args.workers,
-                deep=parse_entry if args.deep else None,
+                deep=casechain.DeepCheck() if args.deep else None,
             )
     except VerificationError as exc:
         raise CommandError(f"ledger verification failed: {exc.message}") from exc

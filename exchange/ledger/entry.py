@@ -1,7 +1,10 @@
-"""Ledger entries: the wire model (schemas/ledger-entry.v1.json), the builder and the entry hash.
+"""Ledger entries: the wire model (schemas/ledger-entry.v2.json, v1 still read), builder, hashes.
 
 An entry is RFC 8785 canonical JSON; entry hash = SHA-256(canonical bytes), and each entry's
-`prev` is the hex entry hash of the one before it (64 zeros for seq 0). See docs/ledger.md.
+`prev` is the hex entry hash of the one before it (64 zeros for seq 0). A v2 entry about a case
+also carries its place in the case's own chain (`case_seq`, `case_prev`, see
+`exchange.ledger.casechain`), which is what lets a custody bundle prove it is complete. See
+docs/ledger.md.
 """
 
 from __future__ import annotations
@@ -11,15 +14,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 from functools import lru_cache
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from exchange.errors import InvalidInputError
 from exchange.model import WireModel, canonical_bytes, parse_json
 from exchange.schema import validate
 
-SCHEMA = "ledger-entry.v1.json"
+SCHEMA_V1 = "ledger-entry.v1.json"
+SCHEMA = "ledger-entry.v2.json"
+VERSION = 2
 GENESIS_PREV = "0" * 64
 
 _AGENCY = r"^[A-Z]{2}-[A-Z0-9][A-Z0-9-]{0,62}$"
@@ -63,17 +68,29 @@ def _is_int(value: object) -> object:
 Subject = Annotated[str, Field(min_length=1, max_length=500, strict=True, pattern=r"\S")]
 
 
+OfficerText = Annotated[str, Field(min_length=1, max_length=200, strict=True, pattern=r"\S")]
+
+
+class ActingOfficer(WireModel):
+    """The person acting through a client, as its signed assertion named them (v2 only)."""
+
+    sub: OfficerText
+    name: OfficerText | None = None
+
+
 class Actor(WireModel):
-    """Who did it: the agency, its country and the acting subject (client or user id)."""
+    """Who did it: the agency, its country, the acting subject (client id) and the officer."""
 
     agency: Annotated[str, Field(strict=True, pattern=_AGENCY)]
     country: Annotated[str, Field(strict=True, pattern=_COUNTRY)]
     subject: Subject
+    act: ActingOfficer | None = None
 
 
 class LedgerEntry(WireModel):
-    """One custody ledger entry (schemas/ledger-entry.v1.json)."""
+    """One custody ledger entry (schemas/ledger-entry.v2.json; v1 entries have no `v`)."""
 
+    v: Literal[2] | None = None
     seq: Annotated[int, BeforeValidator(_is_int), Field(ge=0, le=_MAX_SEQ)]
     prev: Annotated[str, Field(strict=True, pattern=_SHA256)]
     time: Annotated[str, Field(strict=True, pattern=_TIME), BeforeValidator(_time_check)]
@@ -82,6 +99,22 @@ class LedgerEntry(WireModel):
     case_id: Annotated[str, Field(strict=True, pattern=_CASE_ID)] | None = None
     package_id: Annotated[str, Field(strict=True, pattern=_UUID)] | None = None
     details: Annotated[dict[str, Any], Field(max_length=100)]
+    case_seq: Annotated[int, BeforeValidator(_is_int), Field(ge=0, le=_MAX_SEQ)] | None = None
+    case_prev: Annotated[str, Field(strict=True, pattern=_SHA256)] | None = None
+
+    @model_validator(mode="after")
+    def _version_fields(self) -> LedgerEntry:
+        # The schemas' dependentRequired, and v1's lack of these fields, as one rule.
+        if self.v is None:
+            if self.case_seq is not None or self.case_prev is not None:
+                raise ValueError("case_seq and case_prev need v 2")
+            if self.actor.act is not None:
+                raise ValueError("actor.act needs v 2")
+        elif (self.case_id is None) != (self.case_seq is None) or (self.case_id is None) != (
+            self.case_prev is None
+        ):
+            raise ValueError("case_seq and case_prev go with case_id, all or none")
+        return self
 
     @classmethod
     def from_wire(cls, obj: object) -> LedgerEntry:
@@ -116,12 +149,21 @@ def entry_hash(data: bytes) -> bytes:
     return hashlib.sha256(data).digest()
 
 
-def make_entry(new: NewEntry, *, seq: int, prev: str, time: datetime) -> tuple[LedgerEntry, bytes]:
-    """The entry at `seq` after the entry whose hex hash is `prev`, and its canonical bytes.
+def make_entry(
+    new: NewEntry,
+    *,
+    seq: int,
+    prev: str,
+    time: datetime,
+    case_link: tuple[int, str] | None = None,
+) -> tuple[LedgerEntry, bytes]:
+    """The v2 entry at `seq` after the entry whose hex hash is `prev`, and its canonical bytes.
 
+    `case_link` is (case_seq, hex case_prev) for an entry about a case, required exactly then.
     Raises `InvalidInputError` naming the first field that does not fit the schema.
     """
     wire: dict[str, Any] = {
+        "v": VERSION,
         "seq": seq,
         "prev": prev,
         "time": format_time(time),
@@ -131,6 +173,8 @@ def make_entry(new: NewEntry, *, seq: int, prev: str, time: datetime) -> tuple[L
     }
     if new.case_id is not None:
         wire["case_id"] = new.case_id
+    if case_link is not None:
+        wire["case_seq"], wire["case_prev"] = case_link
     if new.package_id is not None:
         wire["package_id"] = new.package_id
     try:
@@ -149,9 +193,9 @@ def _actor_wire(actor: Actor) -> dict[str, str]:
 
 
 def parse_entry(data: bytes) -> LedgerEntry:
-    """Parse canonical entry bytes; raises `InvalidInputError` unless valid and canonical."""
+    """Parse canonical entry bytes (v1 or v2); raises `InvalidInputError` unless valid and canonical."""
     obj = parse_json(data, what="ledger entry")
-    validate(SCHEMA, obj)
+    validate(SCHEMA if isinstance(obj, dict) and "v" in obj else SCHEMA_V1, obj)
     entry = LedgerEntry.from_wire(obj)
     if canonical_bytes(entry) != data:
         raise InvalidInputError("ledger entry: bytes are not RFC 8785 canonical")

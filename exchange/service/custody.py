@@ -1,85 +1,154 @@
-"""The custody bundle of a case (schemas/custody-bundle.v1.json), verifiable offline.
+"""The custody bundle of a case (schemas/custody-bundle.v2.json), verifiable offline.
 
-Every ledger entry about the case, each with its inclusion proof against ONE signed checkpoint,
-that checkpoint, the sealed packages' manifests and JWS, and their signers' public keys. The
-export itself is recorded first (`custody.exported`), so the bundle proves its own export.
+Exporting is two steps, so that writers never wait for an export: `record_export` appends the
+`custody.exported` entry in a short write transaction (it becomes the last leaf of its own
+checkpoint, which is what lets the bundle prove that no later entry of the case exists), then
+`build_bundle` reads everything else in a read-only transaction. Every row it reads is at or
+below the export's seq, which no later append changes.
 """
 
 from __future__ import annotations
 
 import base64
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from exchange.custody import FORMAT_V2
+from exchange.custody.disclosure import Audience, disclosed
 from exchange.grants import check_scope
-from exchange.ledger.checkpoint import parse_checkpoint_note
+from exchange.ledger import merkle
 from exchange.ledger.entry import Action, NewEntry
 from exchange.ledger.signer import LogSigner
 from exchange.model import Principal, parse_json
 from exchange.service.access import actor_of, readable_case
-from exchange.service.packages import SEALED, signer_entry
+from exchange.service.packages import signer_entry
 from exchange.storage import ledger_store
+from exchange.storage.db import session_scope
 from exchange.storage.tables import PackageRow
 
-FORMAT = "exchange.custody-bundle/v1"
+FORMAT = FORMAT_V2
 
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def custody_bundle(
+@dataclass(frozen=True)
+class Export:
+    """A recorded export: whose case, for whom, and the entry (last leaf of `checkpoint`)."""
+
+    case_id: str
+    owner_agency: str
+    audience: Audience
+    seq: int
+    checkpoint: str
+    exported_at: datetime
+
+
+def record_export(
     session: Session, *, log: LogSigner, principal: Principal, now: datetime, case_id: str
-) -> dict[str, Any]:
-    """Record `custody.exported` and build the case's custody bundle under the new checkpoint."""
+) -> Export:
+    """Check access and append `custody.exported`; commit before `build_bundle`."""
     case = readable_case(session, principal, case_id, now=now)
     check_scope(principal, "custody:read")
+    audience = Audience(
+        agency=principal.agency,
+        country=principal.country,
+        owner=principal.agency == case.owner_agency,
+    )
     appended = ledger_store.append(
         session,
         NewEntry(
             actor=actor_of(principal),
             action=Action.CUSTODY_EXPORTED,
             case_id=case.id,
-            details={"format": FORMAT},
+            details={"format": FORMAT, "audience": audience.view},
         ),
         log=log,
         now=now,
     )
-    note = appended.checkpoint
-    size = parse_checkpoint_note(note)[0].size
-    entries = [
-        {
-            "seq": row.seq,
-            "leaf": _b64(bytes(row.data)),
-            "inclusion": [_b64(h) for h in ledger_store.inclusion_proof(session, row.seq, size)],
-        }
-        for row in ledger_store.entries_for_case(session, case.id)
-        if row.seq < size
+    return Export(
+        case_id=case.id,
+        owner_agency=case.owner_agency,
+        audience=audience,
+        seq=appended.seq,
+        checkpoint=appended.checkpoint,
+        exported_at=now,
+    )
+
+
+def build_bundle(session: Session, *, export: Export, origin: str) -> dict[str, Any]:
+    """The bundle of a recorded export, read in `session` (read-only is enough)."""
+    size = export.seq + 1
+    rows = ledger_store.case_entries(session, export.case_id, below=size)
+    objects = [parse_json(data, what="stored ledger entry") for _, data in rows]
+    shown = disclosed(objects, owner_agency=export.owner_agency, audience=export.audience)
+    entries: list[dict[str, Any]] = []
+    for index, ((seq, data), obj, show) in enumerate(zip(rows, objects, shown, strict=True)):
+        if show:
+            entries.append({"seq": seq, "entry": obj})
+        else:
+            entries.append(
+                {
+                    "seq": seq,
+                    "case_seq": obj.get("case_seq", index),
+                    "leaf_hash": _b64(merkle.leaf_hash(data)),
+                }
+            )
+    sealed_ids = [
+        o["package_id"]
+        for o in objects
+        if o["action"] == Action.PACKAGE_SEALED and isinstance(o.get("package_id"), str)
     ]
-    sealed = session.exec(
-        select(PackageRow)
-        .where(PackageRow.case_id == case.id, PackageRow.state == SEALED)
-        .order_by(col(PackageRow.sealed_at), col(PackageRow.id))
-    ).all()
+    sealed = {
+        p.id: p
+        for p in session.exec(select(PackageRow).where(col(PackageRow.id).in_(sealed_ids))).all()
+    }
     packages = [
         {
-            "package_id": p.id,
-            "manifest": parse_json(p.manifest, what="stored manifest"),
-            "jws": p.jws,
+            "package_id": pid,
+            "manifest": parse_json(sealed[pid].manifest, what="stored manifest"),
+            "jws": sealed[pid].jws,
         }
-        for p in sealed
+        for pid in dict.fromkeys(sealed_ids)
+        if pid in sealed
     ]
-    key_ids = sorted({p.signer_key_id for p in sealed})
+    key_ids = sorted({p.signer_key_id for p in sealed.values()})
+    key_entries = [
+        {
+            "seq": seq,
+            "entry": parse_json(data, what="stored ledger entry"),
+            "inclusion": [_b64(h) for h in ledger_store.inclusion_proof(session, seq, size)],
+        }
+        for seq, data in ledger_store.key_entries(session, key_ids, below=size)
+    ]
     return {
         "format": FORMAT,
-        "case_id": case.id,
-        "origin": log.origin,
+        "case_id": export.case_id,
+        "origin": origin,
         "tree_size": size,
-        "exported_at": now.isoformat(),
-        "checkpoint": note,
+        "exported_at": export.exported_at.isoformat(),
+        "audience": export.audience.to_wire(),
+        "checkpoint": export.checkpoint,
         "entries": entries,
+        "export_inclusion": [
+            _b64(h) for h in ledger_store.inclusion_proof(session, export.seq, size)
+        ],
+        "key_entries": key_entries,
         "packages": packages,
         "signer_keys": [signer_entry(session, kid) for kid in key_ids],
     }
+
+
+def export_bundle(
+    engine: Engine, *, log: LogSigner, principal: Principal, now: datetime, case_id: str
+) -> dict[str, Any]:
+    """Record the export (short write), then build its bundle in a read-only transaction."""
+    with session_scope(engine) as session:
+        export = record_export(session, log=log, principal=principal, now=now, case_id=case_id)
+    with session_scope(engine, read_only=True) as session:
+        return build_bundle(session, export=export, origin=log.origin)

@@ -23,6 +23,7 @@ from sqlalchemy import (
     BigInteger,
     Column,
     DateTime,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -41,7 +42,7 @@ from exchange.errors import (
     StorageError,
     UnavailableError,
 )
-from exchange.ledger import merkle, tlog
+from exchange.ledger import casechain, merkle, tlog
 from exchange.ledger.audit import (
     CHUNK,
     AuditSummary,
@@ -50,9 +51,10 @@ from exchange.ledger.audit import (
     verify_log_parallel,
 )
 from exchange.ledger.checkpoint import Checkpoint, parse_checkpoint_note
-from exchange.ledger.entry import GENESIS_PREV, NewEntry, make_entry
+from exchange.ledger.entry import GENESIS_PREV, Action, NewEntry, make_entry
 from exchange.ledger.proof import proof_document
 from exchange.ledger.signer import LogSigner
+from exchange.model import parse_json
 from exchange.storage.db import make_engine, session_scope
 
 # pg_advisory_xact_lock key serializing ledger appends: the first 8 bytes of SHA-256("exchange.ledger").
@@ -70,12 +72,23 @@ class LedgerEntryRow(SQLModel, table=True):
     """One entry: its canonical bytes are the record; the other columns index it."""
 
     __tablename__ = "ledger_entry"
+    # As migration 0003 made them: a case's newest entry, and the few entries naming no case.
+    __table_args__ = (
+        Index("ix_ledger_entry_case_seq", "case_id", "seq"),
+        Index(
+            "ix_ledger_entry_caseless",
+            "action",
+            "seq",
+            sqlite_where=text("case_id IS NULL"),
+            postgresql_where=text("case_id IS NULL"),
+        ),
+    )
 
     seq: int = Field(sa_column=Column(_seq_type(), primary_key=True, autoincrement=False))
     data: bytes = Field(sa_column=Column(LargeBinary(), nullable=False))
     entry_hash: bytes = Field(sa_column=Column(LargeBinary(), nullable=False))
     action: str = Field(sa_column=Column(String(64), nullable=False))
-    case_id: str | None = Field(default=None, sa_column=Column(String(128), index=True))
+    case_id: str | None = Field(default=None, sa_column=Column(String(128)))
     package_id: str | None = Field(default=None, sa_column=Column(String(36), index=True))
     time: datetime = Field(sa_column=Column(DateTime(timezone=True), nullable=False))
 
@@ -191,6 +204,34 @@ def _check_tip_is_signed(connection: Connection, size: int) -> None:
         )
 
 
+def _case_head(connection: Connection, case_id: str) -> tuple[int, bytes]:
+    """(entries so far, chain head) of a case, from its newest entry (one indexed read)."""
+    row = connection.exec_driver_sql(
+        "SELECT seq, data FROM ledger_entry WHERE case_id = ? ORDER BY seq DESC LIMIT 1"
+        if connection.dialect.paramstyle == "qmark"
+        else "SELECT seq, data FROM ledger_entry WHERE case_id = %s ORDER BY seq DESC LIMIT 1",
+        (case_id,),
+    ).first()
+    if row is None:
+        return 0, casechain.genesis(case_id)
+    seq, data = int(row[0]), bytes(row[1])
+    obj = parse_json(data, what="stored ledger entry")
+    link = obj.get("case_prev")
+    if isinstance(link, str):
+        return int(obj["case_seq"]) + 1, casechain.advance(
+            bytes.fromhex(link), seq, merkle.leaf_hash(data)
+        )
+    # The case's newest entry predates v2: fold its whole history once; the entry appended now
+    # carries the head, so this happens once per case.
+    rows = connection.exec_driver_sql(
+        "SELECT seq, data FROM ledger_entry WHERE case_id = ? ORDER BY seq"
+        if connection.dialect.paramstyle == "qmark"
+        else "SELECT seq, data FROM ledger_entry WHERE case_id = %s ORDER BY seq",
+        (case_id,),
+    ).all()
+    return casechain.fold(case_id, ((int(s), merkle.leaf_hash(bytes(d))) for s, d in rows))
+
+
 def lock_appends(session: Session) -> None:
     """Take the append lock now, for a use case that reads, then writes and appends.
 
@@ -229,12 +270,25 @@ def append_many(
         # One bound value for every row: the column type's own conversion, applied once.
         time_processor = _ENTRY.c.time.type.bind_processor(connection.dialect)
         time_value = time_processor(now) if time_processor else now
+        heads: dict[str, tuple[int, bytes]] = {}
         for new in news:
             seq = size
-            entry, data = make_entry(new, seq=seq, prev=prev, time=now)
+            case_id = new.case_id
+            if case_id is None:
+                entry, data = make_entry(new, seq=seq, prev=prev, time=now)
+                leaf = merkle.leaf_hash(data)
+            else:
+                if case_id not in heads:
+                    heads[case_id] = _case_head(connection, case_id)
+                case_seq, head = heads[case_id]
+                entry, data = make_entry(
+                    new, seq=seq, prev=prev, time=now, case_link=(case_seq, head.hex())
+                )
+                leaf = merkle.leaf_hash(data)
+                heads[case_id] = (case_seq + 1, casechain.advance(head, seq, leaf))
             digest = hashlib.sha256(data).digest()
             first = tlog.stored_hash_index(0, seq)
-            stored = tlog.stored_hashes_for_record(seq, merkle.leaf_hash(data), read)
+            stored = tlog.stored_hashes_for_record(seq, leaf, read)
             for offset, value in enumerate(stored):
                 read.cache[first + offset] = value
                 hash_rows.append((first + offset, value))
@@ -385,6 +439,41 @@ def entries_for_case(session: Session, case_id: str) -> list[LedgerEntryRow]:
             .order_by(col(LedgerEntryRow.seq))
         ).all()
     )
+
+
+def case_entries(session: Session, case_id: str, *, below: int) -> list[tuple[int, bytes]]:
+    """(seq, canonical bytes) of every entry of a case with seq < `below`, in seq order."""
+    rows = session.connection().execute(
+        select(_ENTRY.c.seq, _ENTRY.c.data)
+        .where(_ENTRY.c.case_id == case_id, _ENTRY.c.seq < below)
+        .order_by(_ENTRY.c.seq)
+    )
+    return [(int(seq), bytes(data)) for seq, data in rows]
+
+
+_KEY_ACTIONS = (Action.KEY_REGISTERED.value, Action.KEY_REVOKED.value)
+
+
+def key_entries(session: Session, key_ids: Sequence[str], *, below: int) -> list[tuple[int, bytes]]:
+    """(seq, bytes) of the `key.registered`/`key.revoked` entries of `key_ids`, below a size."""
+    if not key_ids:
+        return []
+    wanted = set(key_ids)
+    rows = session.connection().execute(
+        select(_ENTRY.c.seq, _ENTRY.c.data)
+        .where(
+            _ENTRY.c.case_id.is_(None),
+            _ENTRY.c.action.in_(_KEY_ACTIONS),
+            _ENTRY.c.seq < below,
+        )
+        .order_by(_ENTRY.c.seq)
+    )
+    found: list[tuple[int, bytes]] = []
+    for seq, data in rows:
+        details = parse_json(bytes(data), what="stored ledger entry").get("details", {})
+        if details.get("key_id") in wanted:
+            found.append((int(seq), bytes(data)))
+    return found
 
 
 def entry_count(session: Session) -> int:

@@ -1,4 +1,5 @@
-"""Offline verification of a custody bundle (schemas/custody-bundle.v1.json) and its timeline.
+"""Custody bundle v1 (schemas/custody-bundle.v1.json), and what v1 and v2 share: the manifest and
+file checks, the report and the timeline. See `exchange.custody.v2` for the current format.
 
 A bundle holds every ledger entry about one case, each with an RFC 9162 inclusion proof against
 ONE signed checkpoint, the case's sealed manifests with their detached JWS, and the signer public
@@ -28,6 +29,7 @@ from typing import Any
 
 from exchange.errors import ExchangeError, InvalidInputError, VerificationError
 from exchange.ledger import merkle
+from exchange.ledger.checkpoint import Checkpoint
 from exchange.ledger.entry import Action, LedgerEntry, parse_entry
 from exchange.ledger.signer import LogVerifier
 from exchange.model import Manifest, canonical_bytes
@@ -39,6 +41,7 @@ from exchange.signing import PublicKey
 from exchange.trust import TrustedKey, TrustStore, parse_time
 
 SCHEMA = "custody-bundle.v1.json"
+REDACTED = "redacted"
 FORMAT = "exchange.custody-bundle/v1"
 # The members of a package.sealed entry's details naming the manifest digest and its signer.
 MANIFEST_DIGEST = "manifest_sha256"
@@ -57,6 +60,7 @@ class TimelineEvent:
     subject: str
     package_id: str | None
     summary: str
+    officer: str | None = None  # the acting person (v2 `actor.act`), when the client named one
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,23 @@ class CustodyReport:
     packages: tuple[PackageRecord, ...]
     files_checked: int
     bytes_checked: int
+    format: str = FORMAT
+    # v2 only: how complete the bundle is proven to be, for whom, and where the keys came from.
+    case_entries: int | None = None
+    redacted: int = 0
+    audience: tuple[str, str, str] | None = None  # (agency, country, view)
+    key_origins: tuple[KeyOrigin, ...] = ()
+    keys_from_log: bool = False
+
+
+@dataclass(frozen=True)
+class KeyOrigin:
+    """A signer key and the ledger entries that registered (and revoked) it."""
+
+    key_id: str
+    agency: str
+    registered_seq: int
+    revoked_seq: int | None
 
 
 def _fail(message: str, reason: str, path: str | None = None) -> VerificationError:
@@ -287,7 +308,7 @@ def verify_files(
     return total
 
 
-def verify_bundle(
+def verify_bundle_v1(
     bundle: object,
     *,
     log_key: PublicKey,
@@ -308,16 +329,7 @@ def verify_bundle(
     _check_schema(bundle)
     case_id = _field(bundle, "case_id", str, "custody bundle")
     note = _field(bundle, "checkpoint", str, "custody bundle")
-    try:
-        verifier = LogVerifier.from_public_key(log_key, origin=origin)
-        checkpoint = verifier.verify(note)
-    except VerificationError as exc:
-        raise _fail(
-            f"ledger checkpoint does not verify with the given log key: {exc.message}",
-            exc.reason,
-        ) from exc
-    except InvalidInputError as exc:
-        raise _fail(f"log key unusable: {exc.message}", "bad_log_key") from exc
+    checkpoint = verify_checkpoint(note, log_key, origin)
     proved = _verify_entries(
         _field(bundle, "entries", list, "custody bundle"),
         case_id=case_id,
@@ -334,7 +346,35 @@ def verify_bundle(
         if trust is not None
         else _signer_trust(_field(bundle, "signer_keys", list, "custody bundle"))
     )
-    packages = _verify_packages(_field(bundle, "packages", list, "custody bundle"), sealed, store)
+    records, files_checked, bytes_checked = check_packages(
+        _field(bundle, "packages", list, "custody bundle"),
+        sealed,
+        store,
+        files=files,
+        on_bytes=on_bytes,
+    )
+    return CustodyReport(
+        case_id=case_id,
+        origin=checkpoint.origin,
+        tree_size=checkpoint.size,
+        root_hash=checkpoint.root_hash,
+        events=tuple(_event(p.entry) for p in proved),
+        packages=tuple(records),
+        files_checked=files_checked,
+        bytes_checked=bytes_checked,
+    )
+
+
+def check_packages(
+    raw_packages: Sequence[Any],
+    sealed: Mapping[str, LedgerEntry],
+    store: TrustStore,
+    *,
+    files: Path | None,
+    on_bytes: ProgressCallback | None,
+) -> tuple[list[PackageRecord], int, int]:
+    """Verify every sealed package's manifest (and files); (records, files, bytes checked)."""
+    packages = _verify_packages(raw_packages, sealed, store)
     missing = sorted(set(sealed) - {s.manifest.package_id for s, _ in packages})
     if missing:
         raise _fail(
@@ -360,16 +400,30 @@ def verify_bundle(
                 files_verified=files is not None,
             )
         )
-    return CustodyReport(
-        case_id=case_id,
-        origin=checkpoint.origin,
-        tree_size=checkpoint.size,
-        root_hash=checkpoint.root_hash,
-        events=tuple(_event(p.entry) for p in proved),
-        packages=tuple(records),
-        files_checked=files_checked,
-        bytes_checked=bytes_checked,
-    )
+    return records, files_checked, bytes_checked
+
+
+def verify_checkpoint(note: str, log_key: PublicKey, origin: str | None) -> Checkpoint:
+    """The bundle's checkpoint, verified with the ledger key (and pinned origin)."""
+    try:
+        return LogVerifier.from_public_key(log_key, origin=origin).verify(note)
+    except VerificationError as exc:
+        raise _fail(
+            f"ledger checkpoint does not verify with the given log key: {exc.message}",
+            exc.reason,
+        ) from exc
+    except InvalidInputError as exc:
+        raise _fail(f"log key unusable: {exc.message}", "bad_log_key") from exc
+
+
+def signer_trust(raw_keys: Sequence[Any]) -> TrustStore:
+    """The trust store made of a bundle's `signer_keys` entries."""
+    return _signer_trust(raw_keys)
+
+
+def event_of(entry: LedgerEntry) -> TimelineEvent:
+    """The timeline event of a verified entry."""
+    return _event(entry)
 
 
 def _event(entry: LedgerEntry) -> TimelineEvent:
@@ -380,9 +434,17 @@ def _event(entry: LedgerEntry) -> TimelineEvent:
         agency=entry.actor.agency,
         country=entry.actor.country,
         subject=entry.actor.subject,
+        officer=_officer(entry),
         package_id=entry.package_id,
         summary=describe(entry),
     )
+
+
+def _officer(entry: LedgerEntry) -> str | None:
+    act = entry.actor.act
+    if act is None:
+        return None
+    return f"{act.name} ({act.sub})" if act.name else act.sub
 
 
 def _plural(n: object, word: str) -> str:
@@ -465,7 +527,9 @@ def timeline_lines(report: CustodyReport) -> list[str]:
     lines = []
     for e in report.events:
         package = f" [package {e.package_id}]" if e.package_id else ""
-        lines.append(
-            f"#{e.seq:<6} {e.time}  {e.agency} ({e.country}) {e.subject}: {e.summary}{package}"
-        )
+        if e.action == REDACTED:
+            lines.append(f"#{e.seq:<6} {'(redacted)':27}  {e.summary}")
+            continue
+        who = f"{e.subject}, acting: {e.officer}" if e.officer else e.subject
+        lines.append(f"#{e.seq:<6} {e.time}  {e.agency} ({e.country}) {who}: {e.summary}{package}")
     return lines
