@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from exchange.storage.db import PostgresLiveness
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEV_KEY_DIR = REPO_ROOT / "keys" / "dev"
@@ -23,6 +26,15 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite file exchange.db in data_dir"
     )
     trust_dir: Path = DEV_KEY_DIR / "trust"
+    # PostgreSQL only: how soon a vanished peer is noticed (see storage.db.PostgresLiveness).
+    db_keepalives_idle: int = Field(default=30, ge=1, description="TCP keepalive idle, seconds")
+    db_keepalives_interval: int = Field(default=10, ge=1, description="between probes, seconds")
+    db_keepalives_count: int = Field(default=3, ge=1, description="lost probes before giving up")
+    db_client_check_interval_ms: int = Field(
+        default=5000,
+        ge=0,
+        description="client_connection_check_interval (PostgreSQL >= 14); 0 leaves it off",
+    )
 
     storage: Literal["local", "s3"] = "local"
     s3_endpoint: str | None = None
@@ -54,6 +66,17 @@ class Settings(BaseSettings):
     def resolved_database_url(self) -> str:
         """The database URL in force."""
         return self.database_url or f"sqlite:///{(self.data_dir / 'exchange.db').resolve()}"
+
+    def postgres_liveness(self) -> PostgresLiveness:
+        """The keepalive and client-check settings of PostgreSQL connections."""
+        from exchange.storage.db import PostgresLiveness  # the database layer only when used
+
+        return PostgresLiveness(
+            keepalives_idle=self.db_keepalives_idle,
+            keepalives_interval=self.db_keepalives_interval,
+            keepalives_count=self.db_keepalives_count,
+            client_check_interval_ms=self.db_client_check_interval_ms,
+        )
 
     @model_validator(mode="after")
     def _refuse_dev_material_in_production(self) -> Settings:

@@ -13,7 +13,14 @@ from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, PendingRollbackError
 from sqlmodel import Session
 
-from exchange.storage.db import alembic_config, create_schema, make_engine, session_scope
+from exchange.settings import Settings
+from exchange.storage.db import (
+    PostgresLiveness,
+    alembic_config,
+    create_schema,
+    make_engine,
+    session_scope,
+)
 
 
 def _migrate(url: str) -> None:
@@ -165,3 +172,74 @@ def test_sqlite_writers_on_many_threads_all_commit(tmp_path: Path):
         rows = sorted(r[0] % 1000 for r in session.execute(text("SELECT n FROM item")))
     assert rows == list(range(200))  # every writer saw all the commits before its own
     engine.dispose()
+
+
+# ------------------------------------------------------- PostgreSQL: noticing a vanished peer
+
+
+def _shown(engine: Engine, *names: str) -> dict[str, str]:
+    with engine.connect() as conn:
+        return {n: str(conn.exec_driver_sql(f"SHOW {n}").scalar_one()) for n in names}
+
+
+SERVER_SIDE = (
+    "client_connection_check_interval",
+    "tcp_keepalives_idle",
+    "tcp_keepalives_interval",
+    "tcp_keepalives_count",
+)
+
+
+def test_postgres_connections_carry_the_configured_keepalives_and_client_check(pg_url: str):
+    settings = Settings(
+        database_url=pg_url,
+        db_keepalives_idle=21,
+        db_keepalives_interval=7,
+        db_keepalives_count=4,
+        db_client_check_interval_ms=1500,
+    )
+    engine = make_engine(settings.resolved_database_url, liveness=settings.postgres_liveness())
+    try:
+        assert _shown(engine, *SERVER_SIDE) == {
+            "client_connection_check_interval": "1500ms",
+            "tcp_keepalives_idle": "21",
+            "tcp_keepalives_interval": "7",
+            "tcp_keepalives_count": "4",
+        }
+        with engine.connect() as conn:
+            libpq = conn.connection.driver_connection.info.get_parameters()  # type: ignore[union-attr]
+        assert {k: libpq.get(k) for k in ("keepalives", "keepalives_idle")} == {
+            "keepalives": "1",
+            "keepalives_idle": "21",
+        }
+        assert (libpq.get("keepalives_interval"), libpq.get("keepalives_count")) == ("7", "4")
+    finally:
+        engine.dispose()
+
+
+def test_postgres_liveness_defaults_are_the_documented_ones(pg_url: str):
+    engine = make_engine(pg_url, liveness=Settings().postgres_liveness())
+    try:
+        assert _shown(engine, *SERVER_SIDE) == {
+            "client_connection_check_interval": "5s",
+            "tcp_keepalives_idle": "30",
+            "tcp_keepalives_interval": "10",
+            "tcp_keepalives_count": "3",
+        }
+    finally:
+        engine.dispose()
+
+
+def test_postgres_options_in_the_url_are_kept_and_win(pg_url: str):
+    url = f"{pg_url}?options=-c%20statement_timeout%3D4321%20-c%20tcp_keepalives_count%3D9"
+    engine = make_engine(url, liveness=PostgresLiveness(client_check_interval_ms=0))
+    try:
+        assert _shown(engine, "statement_timeout", "tcp_keepalives_count") == {
+            "statement_timeout": "4321ms",
+            "tcp_keepalives_count": "9",
+        }
+        assert _shown(engine, "client_connection_check_interval") == {
+            "client_connection_check_interval": "0"  # 0: left off, for PostgreSQL before 14
+        }
+    finally:
+        engine.dispose()

@@ -108,7 +108,7 @@ def _registry() -> Iterator[tuple[Session, LogSigner]]:
         raise CommandError(f"bad settings: {exc}") from exc
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.resolved_database_url)
+        engine = make_engine(settings.resolved_database_url, liveness=settings.postgres_liveness())
         create_schema(engine)
         signer = ledger_key(
             key_path=settings.ledger_key_path,

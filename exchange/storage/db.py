@@ -8,6 +8,11 @@ is a session opened with `session_scope(engine, read_only=True)`: it begins with
 `BEGIN` under `PRAGMA query_only`, so it reads one WAL snapshot without queueing behind
 writers, and any write it attempts fails instead of upgrading. PostgreSQL goes through psycopg 3
 (`postgresql+psycopg://`); there a read-only session is a `READ ONLY` transaction.
+
+A PostgreSQL connection is made to notice a vanished peer (see `PostgresLiveness`): TCP
+keepalives on both ends, and `client_connection_check_interval` so that the backend of a node
+that died mid-statement ends its transaction, and lets go of the ledger's advisory lock, within
+that interval instead of when the statement finishes.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -76,9 +82,51 @@ class _SQLiteConnection(sqlite3.Connection):
             self.let_go()
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
+@dataclass(frozen=True)
+class PostgresLiveness:
+    """How soon each end of a PostgreSQL connection notices that the other end is gone.
+
+    `keepalives_*` (seconds) are TCP keepalives set on both ends: by libpq on the node's socket
+    (a vanished database server fails the node's query instead of hanging it) and, through the
+    server's `tcp_keepalives_*` settings, on the backend's socket (a node whose host vanished
+    without closing its connections). `client_check_interval_ms` is PostgreSQL's
+    `client_connection_check_interval` (version 14 and later; 0 leaves it off): while a
+    statement runs, the backend checks that often whether its client closed the connection, as
+    the kernel does for a node process that was killed, and then aborts the statement and its
+    transaction, which releases the ledger's transaction-scoped advisory lock.
+    """
+
+    keepalives_idle: int = 30
+    keepalives_interval: int = 10
+    keepalives_count: int = 3
+    client_check_interval_ms: int = 5000
+
+    def connect_args(self, url_options: str | None = None) -> dict[str, Any]:
+        """The psycopg connection keywords; `url_options` (the URL's own) are kept, after ours."""
+        server = [
+            f"-c tcp_keepalives_idle={self.keepalives_idle}",
+            f"-c tcp_keepalives_interval={self.keepalives_interval}",
+            f"-c tcp_keepalives_count={self.keepalives_count}",
+        ]
+        if self.client_check_interval_ms > 0:
+            server.append(f"-c client_connection_check_interval={self.client_check_interval_ms}")
+        if url_options:
+            server.append(
+                url_options
+            )  # later -c settings win: the operator's URL has the last word
+        return {
+            "keepalives": 1,
+            "keepalives_idle": self.keepalives_idle,
+            "keepalives_interval": self.keepalives_interval,
+            "keepalives_count": self.keepalives_count,
+            "options": " ".join(server),
+        }
+
+
+def make_engine(url: str, *, liveness: PostgresLiveness | None = None, **kwargs: Any) -> Engine:
     """An engine for `url` (SQLite file or `postgresql+psycopg://`), configured for the ledger.
 
+    `liveness` applies to PostgreSQL only (default: `PostgresLiveness()`'s documented values).
     Raises `InvalidInputError` for any other database.
     """
     parsed = make_url(url)
@@ -96,9 +144,17 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("psycopg", ""):
-        if parsed.get_driver_name() == "":
-            url = parsed.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
-        return create_engine(url, pool_pre_ping=True, **kwargs)
+        url_options = parsed.query.get("options")
+        if isinstance(url_options, tuple):
+            url_options = " ".join(url_options)
+        parsed = parsed.difference_update_query(["options"]).set(drivername="postgresql+psycopg")
+        connect_args = (liveness or PostgresLiveness()).connect_args(url_options)
+        return create_engine(
+            parsed.render_as_string(hide_password=False),
+            pool_pre_ping=True,
+            connect_args={**connect_args, **kwargs.pop("connect_args", {})},
+            **kwargs,
+        )
     raise InvalidInputError(
         f"unsupported database URL {parsed.drivername!r}: use sqlite or postgresql+psycopg"
     )
