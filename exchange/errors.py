@@ -9,6 +9,7 @@ The tree::
     │   └── BlobNotFoundError          "blob_not_found"       object missing from the blob store
     ├── ConflictError                  "conflict"             duplicate id, already sealed or revoked
     ├── UnauthenticatedError           "unauthenticated"      bad, expired or replayed token
+    │   └── CredentialsMissingError    "unauthenticated"      no token at all (RFC 6750 §3.1)
     ├── ForbiddenError                 "forbidden"            authenticated but not allowed
     ├── VerificationError              "verification_failed"  signature, digest or proof does not hold
     │   └── IntegrityFailureError      "integrity_failure"    stored bytes no longer match the record
@@ -69,6 +70,13 @@ class UnauthenticatedError(ExchangeError):
     """Credentials are missing, malformed, expired or replayed; the message stays opaque."""
 
     code = "unauthenticated"
+
+
+class CredentialsMissingError(UnauthenticatedError):
+    """The request carries no credentials the exchange understands."""
+
+    # Same code as its parent: for the caller, both mean "log in"; only the WWW-Authenticate
+    # challenge differs (no error code without a token, RFC 6750 §3.1).
 
 
 class ForbiddenError(ExchangeError):

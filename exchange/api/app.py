@@ -17,7 +17,7 @@ from typing import Final
 from fastapi import FastAPI
 
 from exchange import __version__
-from exchange.api import errors
+from exchange.api import errors, openapi
 from exchange.api.bodies import JsonBodyLimitMiddleware
 from exchange.api.context import AppContext
 from exchange.api.metrics import Metrics, MetricsMiddleware
@@ -158,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     errors.install(app)
+    openapi.install(app)
     for module in (token, cases, packages, grants, custody, ledger, health):
         app.include_router(module.router)
     app.add_middleware(JsonBodyLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from exchange.api.context import AppContext
-from exchange.errors import UnauthenticatedError
+from exchange.errors import CredentialsMissingError
 from exchange.model import Principal
 from exchange.storage.db import session_scope
 
@@ -58,7 +58,7 @@ async def get_principal(
     """The caller, from a verified bearer access token; `UnauthenticatedError` otherwise."""
     # On the event loop: a token seen before is a dictionary hit, a new one one Ed25519 check.
     if credentials is None:
-        raise UnauthenticatedError("a bearer access token is required")
+        raise CredentialsMissingError("a bearer access token is required")
     return context.verifier.verify(credentials.credentials, now=now)
 
 

@@ -19,6 +19,7 @@ from starlette.requests import ClientDisconnect
 from exchange.errors import (
     BlobNotFoundError,
     ConflictError,
+    CredentialsMissingError,
     ExchangeError,
     ForbiddenError,
     IntegrityFailureError,
@@ -47,6 +48,7 @@ STATUS: Final[dict[type[ExchangeError], int]] = {
     BlobNotFoundError: 404,
     ConflictError: 409,
     UnauthenticatedError: 401,
+    CredentialsMissingError: 401,
     ForbiddenError: 403,
     VerificationError: 422,
     IntegrityFailureError: 502,  # our stored bytes went bad: a server-side fault, never the caller's
@@ -105,7 +107,10 @@ def exchange_error_response(exc: ExchangeError) -> JSONResponse:
     if isinstance(exc, UnavailableError):
         headers["Retry-After"] = str(exc.retry_after)
         extra["retry_after"] = exc.retry_after
-    if isinstance(exc, UnauthenticatedError):
+    if isinstance(exc, CredentialsMissingError):
+        # RFC 6750 §3.1: a request without any token gets the challenge, not an error code.
+        headers["WWW-Authenticate"] = "Bearer"
+    elif isinstance(exc, UnauthenticatedError):
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
     if isinstance(exc, VerificationError):
         extra["reason"] = exc.reason

@@ -297,12 +297,17 @@ class LiveServer:
         return context
 
 
-def serve_live(settings_for: Any) -> Iterator[LiveServer]:
-    """Start uvicorn on a free port with `settings_for(url)`; stop it on exit."""
+def serve_live(settings_for: Any, wrap: Any = None) -> Iterator[LiveServer]:
+    """Start uvicorn on a free port with `settings_for(url)`; stop it on exit.
+
+    `wrap(app)`, if given, returns the ASGI app to serve in front of the exchange's (it must
+    keep the inner app as its `app` attribute).
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
+    app = create_app(settings_for(url))
     config = uvicorn.Config(
-        create_app(settings_for(url)), host="127.0.0.1", port=port, log_level="warning"
+        wrap(app) if wrap else app, host="127.0.0.1", port=port, log_level="warning"
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

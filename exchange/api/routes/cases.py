@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
+from exchange.api.documents import CaseDocument, CaseList
+from exchange.api.openapi import AUTHENTICATED, BACKEND, JSON_BODY, declare
 from exchange.service import cases
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
@@ -24,7 +26,12 @@ class NewCase(BaseModel):
     classification: str
 
 
-@router.post("", status_code=201, response_model=None)
+@router.post(
+    "",
+    status_code=201,
+    response_model=None,
+    responses=declare(CaseDocument, *AUTHENTICATED, *JSON_BODY, *BACKEND, ok=(201,)),
+)
 def create_case(
     body: NewCase, context: ContextDep, session: SessionDep, principal: PrincipalDep, now: NowDep
 ) -> JSONResponse:
@@ -40,14 +47,16 @@ def create_case(
 # instead of a SessionDep, whose enter and exit would each be a hop of their own.
 
 
-@router.get("")
+@router.get("", response_model=None, responses=declare(CaseList, *AUTHENTICATED))
 def list_cases(context: ContextDep, principal: PrincipalDep, now: NowDep) -> dict[str, Any]:
     """The cases the caller may see."""
     rows = cases.list_cases(context.engine, principal=principal, now=now)
     return {"cases": [cases.case_document(r) for r in rows]}
 
 
-@router.get("/{case_id}")
+@router.get(
+    "/{case_id}", response_model=None, responses=declare(CaseDocument, *AUTHENTICATED, 404, 422)
+)
 def get_case(
     case_id: str, context: ContextDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:

@@ -8,12 +8,18 @@ from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
 from exchange.api.deps import ContextDep, NowDep, PrincipalDep
+from exchange.api.documents import CustodyBundle
+from exchange.api.openapi import AUTHENTICATED, BACKEND, declare
 from exchange.service import custody
 
 router = APIRouter(prefix="/v1/cases/{case_id}", tags=["custody"])
 
 
-@router.get("/custody")
+@router.get(
+    "/custody",
+    response_model=None,
+    responses=declare(CustodyBundle, *AUTHENTICATED, *BACKEND, 404, 422),
+)
 async def get_custody(
     case_id: str, context: ContextDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:

@@ -9,6 +9,8 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
+from exchange.api.documents import GrantDocument, GrantList
+from exchange.api.openapi import AUTHENTICATED, BACKEND, JSON_BODY, declare
 from exchange.service import grants
 
 router = APIRouter(prefix="/v1/cases/{case_id}/grants", tags=["grants"])
@@ -35,7 +37,12 @@ class NewGrant(BaseModel):
     expires_at: AwareDatetime
 
 
-@router.post("", status_code=201, response_model=None)
+@router.post(
+    "",
+    status_code=201,
+    response_model=None,
+    responses=declare(GrantDocument, *AUTHENTICATED, *JSON_BODY, *BACKEND, 404, ok=(201,)),
+)
 def create_grant(
     case_id: str,
     body: NewGrant,
@@ -61,7 +68,11 @@ def create_grant(
     return JSONResponse(grants.grant_document(row, now=now), status_code=201)
 
 
-@router.delete("/{grant_id}")
+@router.delete(
+    "/{grant_id}",
+    response_model=None,
+    responses=declare(GrantDocument, *AUTHENTICATED, *BACKEND, 404, 409, 422),
+)
 def delete_grant(
     case_id: str,
     grant_id: str,
@@ -77,7 +88,7 @@ def delete_grant(
     return grants.grant_document(row, now=now)
 
 
-@router.get("")
+@router.get("", response_model=None, responses=declare(GrantList, *AUTHENTICATED, 404, 422))
 def list_grants(
     case_id: str, session: SessionDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:

@@ -9,12 +9,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 
 from exchange.api.deps import ContextDep
+from exchange.api.documents import Health
+from exchange.api.openapi import DATABASE, declare
 from exchange.storage.db import session_scope
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get("/healthz", response_model=None, responses=declare(Health, *DATABASE, 502))
 def healthz(context: ContextDep) -> dict[str, Any]:
     """200 when the database and the object store answer; 503 problem otherwise."""
     with session_scope(context.engine) as session:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 from functools import partial
-from typing import Any
+from typing import Any, Final
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
@@ -13,6 +13,14 @@ from pydantic import BaseModel, ConfigDict
 
 from exchange.api.bodies import read_body_in_thread
 from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
+from exchange.api.documents import (
+    FileDocument,
+    PackageDocument,
+    PackageList,
+    PackageRegistration,
+    PackageSummary,
+)
+from exchange.api.openapi import AUTHENTICATED, BACKEND, JSON_BODY, declare
 from exchange.api.streams import VerifiedStreamingResponse
 from exchange.errors import InvalidInputError
 from exchange.service import fetch, packages
@@ -39,7 +47,14 @@ def content_length(request: Request) -> int | None:
     return int(raw)
 
 
-@router.post("", status_code=201, response_model=None)
+@router.post(
+    "",
+    status_code=201,
+    response_model=None,
+    responses=declare(
+        PackageRegistration, *AUTHENTICATED, *JSON_BODY, *BACKEND, 404, 409, ok=(201, 200)
+    ),
+)
 def register_package(
     case_id: str,
     body: NewPackage,
@@ -64,6 +79,20 @@ def register_package(
     return JSONResponse(packages.registration_document(registration), status_code=status)
 
 
+_FILE_BYTES: Final = (
+    "The file's bytes, re-hashed on the way out; the stream aborts if they no longer match."
+)
+# The media type is the one the signed manifest gives the file.
+_ANY_BYTES: Final[dict[str, Any]] = {"*/*": {}}
+_FILE_HEADERS: Final = {
+    "Content-Length": {"required": True, "schema": {"type": "integer", "minimum": 0}},
+    "Repr-Digest": {
+        "description": "SHA-256 of the file as sealed (RFC 9530).",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^sha-256=:[A-Za-z0-9+/]{43}=:$"},
+    },
+}
+
 _RAW_BODY: dict[str, Any] = {
     "requestBody": {
         "required": True,
@@ -72,7 +101,14 @@ _RAW_BODY: dict[str, Any] = {
 }
 
 
-@router.put("/{package_id}/files/{path:path}", response_model=None, openapi_extra=_RAW_BODY)
+@router.put(
+    "/{package_id}/files/{path:path}",
+    response_model=None,
+    openapi_extra=_RAW_BODY,
+    responses=declare(
+        FileDocument, *AUTHENTICATED, *BACKEND, 400, 404, 409, 413, 422, ok=(201, 200)
+    ),
+)
 async def put_file(
     case_id: str,
     package_id: str,
@@ -101,7 +137,11 @@ async def put_file(
     return JSONResponse(packages.file_document(row), status_code=201 if stored else 200)
 
 
-@router.post("/{package_id}/seal")
+@router.post(
+    "/{package_id}/seal",
+    response_model=None,
+    responses=declare(PackageSummary, *AUTHENTICATED, *BACKEND, 404, 409, 422),
+)
 def seal_package(
     case_id: str,
     package_id: str,
@@ -123,7 +163,7 @@ def seal_package(
     return packages.package_summary(row)
 
 
-@router.get("")
+@router.get("", response_model=None, responses=declare(PackageList, *AUTHENTICATED, 404, 422))
 def list_packages(
     case_id: str, session: SessionDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:
@@ -132,7 +172,11 @@ def list_packages(
     return {"packages": [packages.package_summary(r) for r in rows]}
 
 
-@router.get("/{package_id}")
+@router.get(
+    "/{package_id}",
+    response_model=None,
+    responses=declare(PackageDocument, *AUTHENTICATED, 404, 422),
+)
 def get_package(
     case_id: str, package_id: str, session: SessionDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:
@@ -142,7 +186,15 @@ def get_package(
     )
 
 
-@router.get("/{package_id}/files/{path:path}", response_model=None)
+@router.get(
+    "/{package_id}/files/{path:path}",
+    response_model=None,
+    response_class=VerifiedStreamingResponse,
+    responses={
+        **declare(None, *AUTHENTICATED, *BACKEND, 404, 422, ok=()),
+        200: {"description": _FILE_BYTES, "content": _ANY_BYTES, "headers": _FILE_HEADERS},
+    },
+)
 async def get_file(
     case_id: str,
     package_id: str,

@@ -1,4 +1,5 @@
-"""POST /v1/token (OAuth 2.0 client credentials with a private_key_jwt assertion) and the JWKS."""
+"""OAuth 2.0: POST /v1/token (client credentials with a private_key_jwt assertion), the JWKS,
+and the authorization server metadata (RFC 8414) that names both."""
 
 from __future__ import annotations
 
@@ -8,8 +9,12 @@ from fastapi import APIRouter, Form
 from fastapi.responses import JSONResponse
 
 from exchange.api.deps import ContextDep, NowDep, SessionDep
+from exchange.api.documents import AuthorizationServerMetadata, JsonWebKeySet, TokenResponse
+from exchange.api.openapi import DATABASE, UNEXPECTED, declare, oauth_errors
+from exchange.auth import ROLE_SCOPES
 from exchange.errors import UnauthenticatedError
 from exchange.service import tokens
+from exchange.signing import ALGORITHMS
 
 router = APIRouter(tags=["token"])
 
@@ -35,7 +40,11 @@ def _request_problem(
     return None
 
 
-@router.post("/v1/token", response_model=None)
+@router.post(
+    "/v1/token",
+    response_model=None,
+    responses={**declare(TokenResponse, 413, *DATABASE), **oauth_errors(400, 401)},
+)
 def post_token(
     context: ContextDep,
     session: SessionDep,
@@ -70,7 +79,40 @@ def post_token(
     return JSONResponse(body, headers=_NO_STORE)
 
 
-@router.get("/.well-known/jwks.json")
+class JwkSetResponse(JSONResponse):
+    """A JWK Set, with its registered media type (RFC 7517 §8.5.1)."""
+
+    media_type = "application/jwk-set+json"
+
+
+@router.get(
+    "/.well-known/jwks.json",
+    response_model=None,
+    response_class=JwkSetResponse,
+    responses=declare(JsonWebKeySet, *UNEXPECTED),
+)
 def get_jwks(context: ContextDep) -> dict[str, Any]:
     """The public keys access tokens are signed with (RFC 7517)."""
     return context.issuer.jwks()
+
+
+@router.get(
+    "/.well-known/oauth-authorization-server",
+    response_model=None,
+    responses=declare(AuthorizationServerMetadata, *UNEXPECTED),
+)
+def get_authorization_server_metadata(context: ContextDep) -> dict[str, Any]:
+    """Where and how clients get access tokens (RFC 8414): issuer, token endpoint, JWKS."""
+    issuer = context.settings.public_url.rstrip("/")
+    return {
+        "issuer": issuer,
+        "token_endpoint": context.token_endpoint,
+        "jwks_uri": f"{issuer}/.well-known/jwks.json",
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        # The client's registered key decides the algorithm; these are the ones a key can have.
+        "token_endpoint_auth_signing_alg_values_supported": list(ALGORITHMS),
+        # No authorization endpoint: clients authenticate as themselves, never for a user.
+        "response_types_supported": [],
+        "scopes_supported": sorted({s for scopes in ROLE_SCOPES.values() for s in scopes}),
+    }
