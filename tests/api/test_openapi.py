@@ -477,6 +477,17 @@ def _refusals(live: LiveServer, tmp_path: Path) -> None:
         assert raw.recv(64).startswith(b"HTTP/1.1 413 ")
 
 
+def _store_gone(live: LiveServer) -> int:
+    """With the local blob directory gone (a volume not mounted), ask for health; the status."""
+    blobs = live.context.settings.data_dir / "blobs"
+    aside = blobs.with_name("blobs-away")
+    blobs.rename(aside)
+    try:
+        return httpx.get(f"{live.url}/healthz", timeout=30).status_code
+    finally:
+        aside.rename(blobs)
+
+
 def _validate(live: LiveServer, recorder: Recorder) -> tuple[list[str], set[int], int]:
     """Validate every complete recorded answer; (failures, statuses seen, answers checked)."""
     document = httpx.get(f"{live.url}/openapi.json").json()
@@ -533,6 +544,8 @@ def test_every_answer_of_the_api_scenario_matches_the_published_document(
     run_story(live, tmp_path / "story")
     run_cut_off_upload(live, tmp_path / "cut")
     _refusals(live, tmp_path / "refusals")
+    if live.context.settings.storage == "local":
+        assert _store_gone(live) >= 500
     deadline = time.monotonic() + 10
     while not any(s.status == 413 for s in recorder.seen) and time.monotonic() < deadline:
         time.sleep(0.05)  # the raw-socket refusal is recorded once the app has returned
