@@ -53,6 +53,10 @@ MAX_ASSERTION_LIFETIME: Final = timedelta(minutes=5)
 # Tolerated clock difference for iat/nbf in the future (client clocks, replicas); never for exp.
 CLOCK_LEEWAY: Final = timedelta(seconds=30)
 MAX_TOKEN_LENGTH: Final = 8192
+# Case scopes one token may name: access follows the live grants on every request, so tokens
+# carry role scopes only and never one scope per granted case (see docs/access.md). 16 case
+# scopes keep a token under 2 KB.
+MAX_TOKEN_CASES: Final = 16
 # Verified access tokens remembered per verifier (see `TokenVerifier.verify`).
 VERIFIED_CACHE_SIZE: Final = 1024
 
@@ -120,8 +124,13 @@ def case_scope(case_id: str) -> str:
 
 
 def role_scopes(role: Role, case_ids: Iterable[str] = ()) -> list[str]:
-    """The role's scopes followed by one sorted, de-duplicated case read scope per case id."""
+    """The role's scopes followed by one sorted, de-duplicated case read scope per case id.
+
+    Raises `InvalidInputError` for a malformed case id or more than `MAX_TOKEN_CASES` of them.
+    """
     cases = sorted(set(case_ids))
+    if len(cases) > MAX_TOKEN_CASES:
+        raise InvalidInputError(f"a token names at most {MAX_TOKEN_CASES} cases")
     for case_id in cases:
         if not CASE_ID_PATTERN.match(case_id):
             raise InvalidInputError(f"case id {case_id!r} is not a lowercase UUID")
@@ -361,10 +370,11 @@ class TokenIssuer:
         agency: str,
         country: str,
         role: Role,
-        case_ids: Iterable[str],
+        case_ids: Iterable[str] = (),
         now: datetime,
     ) -> str:
-        """A signed access token for one client, with role scopes plus one read scope per case."""
+        """A signed access token for one client: its role scopes, plus one read scope per case
+        in `case_ids` (at most `MAX_TOKEN_CASES`: a token never grows with a client's grants)."""
         if not CLIENT_ID_PATTERN.match(client_id):
             raise InvalidInputError(f"client id {client_id!r} is malformed")
         if not AGENCY_PATTERN.match(agency):

@@ -234,8 +234,22 @@ class ExchangeClient:
         return created
 
     def list_cases(self) -> list[dict[str, Any]]:
-        """GET /v1/cases: the cases this client may see."""
-        return _items(self.get_json("/v1/cases"), "cases")
+        """GET /v1/cases: the cases this client may see, every page of them."""
+        url: str | None = "/v1/cases"
+        cases: list[dict[str, Any]] = []
+        while url is not None:
+            body = self.get_json(url)
+            cases.extend(_items(body, "cases"))
+            following = body.get("next") if isinstance(body, dict) else None
+            # Only a path on this server: the token must never travel to a host the answer names.
+            if following is not None and (
+                not isinstance(following, str)
+                or not following.startswith("/")
+                or following.startswith("//")
+            ):
+                raise ClientError(0, "bad_response", "the server's next page is not a local path")
+            url = following
+        return cases
 
     def get_case(self, case_id: str) -> dict[str, Any]:
         """GET /v1/cases/{id}."""

@@ -1,15 +1,21 @@
-"""Plain builder functions for test data: evidence folders, manifests, signed packages."""
+"""Plain builder functions for test data: evidence folders, manifests, signed packages, and
+cases with grants in bulk."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime
+import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from sqlalchemy import Engine, insert
 
 from exchange.package import build_package, sign_manifest
 from exchange.package.source import JWS_NAME, MANIFEST_NAME
 from exchange.signing import Signer
+from exchange.storage.db import session_scope
+from exchange.storage.tables import CaseRow, GrantRow
 
 LEGAL_BASIS = {"type": "warrant", "reference": "W-2026-0042", "issued_by": "Bangkok Criminal Court"}
 COLLECTION = {
@@ -77,3 +83,60 @@ def rewrite_manifest(pkg: Path, manifest: dict[str, Any], signer: Signer | None)
     if signer is not None:
         jws = sign_manifest(manifest, signer)
         (pkg / JWS_NAME).write_text(jws + "\n", encoding="ascii")
+
+
+def insert_granted_cases(
+    engine: Engine,
+    *,
+    count: int,
+    created_from: datetime,
+    grant_expires_at: datetime,
+    owner: str = "TH-RTP",
+    grantee_country: str | None = "PH",
+    grantee_agency: str | None = None,
+    revoked_at: datetime | None = None,
+) -> list[str]:
+    """`count` cases of `owner`, each with one read grant to `grantee_country` (none if None),
+    written straight into the real tables in bulk (tens of thousands in seconds; the API
+    would append a ledger entry per row). Two cases share each `created_at`, a second apart,
+    so that listing order also rests on the id. Returns the case ids in list order.
+    """
+    cases: list[dict[str, Any]] = []
+    grants: list[dict[str, Any]] = []
+    for n in range(count):
+        case_id = str(uuid.uuid4())
+        created = created_from + timedelta(seconds=n // 2)
+        cases.append(
+            {
+                "id": case_id,
+                "owner_agency": owner,
+                "case_ref": f"BULK-{n}",
+                "title": "bulk case",
+                "classification": "restricted",
+                "created_by": "bulk",
+                "created_at": created,
+            }
+        )
+        if grantee_country is not None:
+            grants.append(
+                {
+                    "id": str(uuid.uuid4()),
+                    "case_id": case_id,
+                    "grantee_country": grantee_country,
+                    "grantee_agency": grantee_agency,
+                    "scope": "read",
+                    "legal_basis_type": "mla",
+                    "legal_basis_reference": "MLA-BULK",
+                    "expires_at": grant_expires_at,
+                    "issued_by": "bulk",
+                    "created_at": created,
+                    "revoked_at": revoked_at,
+                    "revoked_by": "bulk" if revoked_at else None,
+                }
+            )
+    with session_scope(engine) as session:
+        connection = session.connection()
+        connection.execute(insert(CaseRow.__table__), cases)  # type: ignore[attr-defined]
+        if grants:
+            connection.execute(insert(GrantRow.__table__), grants)  # type: ignore[attr-defined]
+    return [c["id"] for c in sorted(cases, key=lambda c: (c["created_at"], c["id"]))]

@@ -145,9 +145,12 @@ class CaseDocument(Document):
 
 
 class CaseList(Document):
-    """The cases the caller may see."""
+    """One page of the cases the caller may see, oldest first."""
 
     cases: list[CaseDocument]
+    next: str | None = Field(
+        description="Path of the next page (also in `Link: rel=next`); null after the last page"
+    )
 
 
 class LegalBasis(Document):

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, bindparam, select as core_select
-from sqlmodel import Session, col, or_, select
+from sqlalchemy import Row, Select, Table, bindparam, literal, or_, select as core_select
+from sqlmodel import Session
 
 from exchange.errors import NotFoundError
 from exchange.grants import (
@@ -14,7 +14,6 @@ from exchange.grants import (
     GrantView,
     check_case_access,
     check_case_owner,
-    is_grant_live,
 )
 from exchange.ledger.entry import Actor
 from exchange.model import Principal
@@ -134,15 +133,19 @@ def owned_case(session: Session, principal: Principal, case_id: str, *, now: dat
     return case
 
 
-def granted_case_ids(session: Session, *, country: str, agency: str, now: datetime) -> list[str]:
-    """Ids of the cases a live grant opens to a country, or to the agency by name."""
-    rows = session.exec(
-        select(GrantRow).where(
-            GrantRow.grantee_country == country,
-            or_(col(GrantRow.grantee_agency).is_(None), GrantRow.grantee_agency == agency),
-            col(GrantRow.revoked_at).is_(None) | (col(GrantRow.revoked_at) > now),
-            col(GrantRow.expires_at) > now,
-        )
-    ).all()
-    views = [grant_view(r) for r in rows]
-    return sorted({v.case_id for v in views if is_grant_live(v, now=now) and "read" in v.scope})
+def granted_case_ids(*, country: str, agency: str, now: datetime) -> Select[tuple[str]]:
+    """A subquery of the ids of the cases a live read grant opens to a country, or to the agency
+    by name; the SQL form of `grants.can_read_case` for non-owners.
+
+    A subquery, never a list of ids bound as parameters: the database joins it, so a caller
+    with 100,000 grants costs no parameter per grant (PostgreSQL's driver refuses more than
+    65,535 of them) and no round trip of every id through Python.
+    """
+    padded_scope = literal(" ") + _GRANT.c.scope + literal(" ")
+    return core_select(_GRANT.c.case_id).where(
+        _GRANT.c.grantee_country == country,
+        or_(_GRANT.c.grantee_agency.is_(None), _GRANT.c.grantee_agency == agency),
+        or_(_GRANT.c.revoked_at.is_(None), _GRANT.c.revoked_at > now),
+        _GRANT.c.expires_at > now,
+        padded_scope.like("% read %"),
+    )

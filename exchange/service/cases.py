@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Engine
-from sqlmodel import Session, col, or_, select
+from sqlalchemy import Engine, Table, bindparam, or_, select as core_select, tuple_
+from sqlmodel import Session
 
 from exchange.errors import InvalidInputError
 from exchange.grants import check_scope
@@ -15,12 +17,17 @@ from exchange.ledger.entry import Action, NewEntry
 from exchange.ledger.signer import LogSigner
 from exchange.model import Principal
 from exchange.service.access import AnyRow, actor_of, granted_case_ids, readable_case_row
+from exchange.signing import b64url, b64url_decode
 from exchange.storage import ledger_store
 from exchange.storage.db import session_scope
 from exchange.storage.tables import CaseRow
 
 MAX_TEXT = 500
 MAX_CLASSIFICATION = 100
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+_CASE: Table = CaseRow.__table__  # type: ignore[attr-defined]  # SQLModel sets it
 
 
 def case_document(case: CaseRow | AnyRow) -> dict[str, Any]:
@@ -78,17 +85,67 @@ def open_case(
     return case
 
 
-def list_cases(engine: Engine, *, principal: Principal, now: datetime) -> list[CaseRow]:
-    """The cases the caller's agency owns and those a live grant opens to it, oldest first."""
+@dataclass(frozen=True)
+class CasePage:
+    """One page of the cases a caller may see, and the cursor of the next page (None at the end)."""
+
+    cases: list[AnyRow]
+    next_cursor: str | None
+
+
+def _cursor(row: AnyRow) -> str:
+    return b64url(json.dumps([row.created_at.isoformat(), row.id]).encode())
+
+
+def _after(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) position a cursor names; `InvalidInputError` if it is not ours."""
+    try:
+        created, case_id = json.loads(b64url_decode(cursor))
+        position = (datetime.fromisoformat(created), case_id)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError("cursor is malformed") from exc
+    if position[0].tzinfo is None or not isinstance(case_id, str) or len(case_id) > 36:
+        raise InvalidInputError("cursor is malformed")
+    return position
+
+
+def list_cases(
+    engine: Engine,
+    *,
+    principal: Principal,
+    now: datetime,
+    limit: int = DEFAULT_PAGE_SIZE,
+    cursor: str | None = None,
+) -> CasePage:
+    """The cases the caller's agency owns and those a live grant opens to it, oldest first.
+
+    One page of at most `limit` (1 to `MAX_PAGE_SIZE`) cases after `cursor` (a `next_cursor` of
+    an earlier page). Pages are keyed on (created_at, id), so a case opened while a caller pages
+    through appears on a later page and none is skipped or repeated. Raises `InvalidInputError`
+    for a limit out of range or a malformed cursor.
+    """
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise InvalidInputError(f"limit must be 1 to {MAX_PAGE_SIZE}")
+    order = (_CASE.c.created_at, _CASE.c.id)
+    query = core_select(_CASE).where(
+        or_(
+            _CASE.c.owner_agency == principal.agency,
+            _CASE.c.id.in_(
+                granted_case_ids(country=principal.country, agency=principal.agency, now=now)
+            ),
+        )
+    )
+    if cursor is not None:
+        created, case_id = _after(cursor)
+        # Typed binds: the column's own conversion (SQLite keeps times as text in its format).
+        position = tuple_(bindparam(None, created, type_=order[0].type), bindparam(None, case_id))
+        query = query.where(tuple_(*order) > position)
     # Read-only: on SQLite it reads a snapshot instead of queueing for the write lock.
     with session_scope(engine, read_only=True) as session:
-        granted = granted_case_ids(
-            session, country=principal.country, agency=principal.agency, now=now
-        )
-        query = select(CaseRow).where(
-            or_(CaseRow.owner_agency == principal.agency, col(CaseRow.id).in_(granted))
-        )
-        return list(session.exec(query.order_by(col(CaseRow.created_at), col(CaseRow.id))).all())
+        rows = list(session.connection().execute(query.order_by(*order).limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return CasePage(cases=rows, next_cursor=_cursor(rows[-1]) if more else None)
 
 
 def get_case(engine: Engine, *, principal: Principal, now: datetime, case_id: str) -> AnyRow:

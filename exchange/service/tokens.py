@@ -12,7 +12,6 @@ from sqlmodel import Session, col, delete
 from exchange.auth import TokenIssuer, TokenVerifier, verify_client_assertion
 from exchange.errors import UnauthenticatedError
 from exchange.model import Role
-from exchange.service.access import granted_case_ids
 from exchange.service.agencies import client_keys
 from exchange.storage.tables import AgencyRow, ClientRow, UsedJtiRow
 
@@ -54,9 +53,10 @@ def issue_token(
 ) -> IssuedToken:
     """Verify an RFC 7523 client assertion and issue an access token for its client.
 
-    The token names one `case:<id>:read` scope per case a live grant opens to the client's
-    country or agency right now. A `client_id` sent beside the assertion must be its issuer.
-    Raises `UnauthenticatedError` for any failure.
+    The token carries the client's role scopes only, never one scope per granted case: which
+    cases it may read is decided by the live grants on every request (docs/access.md), so the
+    token's size does not grow with the grants. A `client_id` sent beside the assertion must be
+    its issuer. Raises `UnauthenticatedError` for any failure.
     """
     verified = verify_client_assertion(
         assertion,
@@ -77,7 +77,6 @@ def issue_token(
         agency=agency.id,
         country=agency.country,
         role=role,
-        case_ids=granted_case_ids(session, country=agency.country, agency=agency.id, now=now),
         now=now,
     )
     # Read back through the verifier: the answer states exactly what the token carries.

@@ -107,6 +107,8 @@ class CaseRow(SQLModel, table=True):
     """A case, owned by one agency."""
 
     __tablename__ = "evidence_case"
+    # Listing walks cases in this order, a page at a time (migration 0003).
+    __table_args__ = (Index("ix_evidence_case_created", "created_at", "id"),)
 
     id: str = Field(sa_column=Column(String(36), primary_key=True))
     owner_agency: str = Field(
@@ -163,11 +165,15 @@ class GrantRow(SQLModel, table=True):
     """Read access to one case for a country, or one agency of it, under a legal basis."""
 
     __tablename__ = "case_grant"
-    __table_args__ = (Index("ix_case_grant_grantee", "grantee_country", "grantee_agency"),)
+    __table_args__ = (
+        Index("ix_case_grant_grantee", "grantee_country", "grantee_agency"),
+        # The grant check's `case_id = ? AND grantee_country = ?`; also every case_id lookup.
+        Index("ix_case_grant_case_country", "case_id", "grantee_country"),
+    )
 
     id: str = Field(sa_column=Column(String(36), primary_key=True))
     case_id: str = Field(
-        sa_column=Column(String(36), ForeignKey("evidence_case.id"), nullable=False, index=True)
+        sa_column=Column(String(36), ForeignKey("evidence_case.id"), nullable=False)
     )
     grantee_country: str = Field(sa_column=Column(String(2), nullable=False))
     grantee_agency: str | None = Field(default=None, sa_column=Column(String(66)))

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Final
+from urllib.parse import urlencode
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
@@ -14,6 +15,9 @@ from exchange.api.openapi import AUTHENTICATED, BACKEND, JSON_BODY, declare
 from exchange.service import cases
 
 router = APIRouter(prefix="/v1/cases", tags=["cases"])
+
+# A cursor is base64url of [created_at, case id]: about 110 characters.
+MAX_CURSOR_LENGTH: Final = 200
 
 
 class NewCase(BaseModel):
@@ -47,11 +51,30 @@ def create_case(
 # instead of a SessionDep, whose enter and exit would each be a hop of their own.
 
 
-@router.get("", response_model=None, responses=declare(CaseList, *AUTHENTICATED))
-def list_cases(context: ContextDep, principal: PrincipalDep, now: NowDep) -> dict[str, Any]:
-    """The cases the caller may see."""
-    rows = cases.list_cases(context.engine, principal=principal, now=now)
-    return {"cases": [cases.case_document(r) for r in rows]}
+@router.get("", response_model=None, responses=declare(CaseList, *AUTHENTICATED, 422))
+def list_cases(
+    context: ContextDep,
+    principal: PrincipalDep,
+    now: NowDep,
+    limit: Annotated[int, Query(ge=1, le=cases.MAX_PAGE_SIZE)] = cases.DEFAULT_PAGE_SIZE,
+    cursor: Annotated[str | None, Query(min_length=1, max_length=MAX_CURSOR_LENGTH)] = None,
+) -> JSONResponse:
+    """The cases the caller may see, oldest first, one page at a time.
+
+    `next` is the URL of the next page (also sent as an RFC 8288 `Link: rel="next"`), or null
+    after the last page.
+    """
+    page = cases.list_cases(
+        context.engine, principal=principal, now=now, limit=limit, cursor=cursor
+    )
+    next_url = (
+        None
+        if page.next_cursor is None
+        else f"{router.prefix}?{urlencode({'limit': limit, 'cursor': page.next_cursor})}"
+    )
+    body = {"cases": [cases.case_document(r) for r in page.cases], "next": next_url}
+    headers = {} if next_url is None else {"Link": f'<{next_url}>; rel="next"'}
+    return JSONResponse(body, headers=headers)
 
 
 @router.get(
