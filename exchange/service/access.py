@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Select, Table, bindparam, literal, or_, select as core_select
+from sqlalchemy import (
+    ColumnElement,
+    Exists,
+    Row,
+    Table,
+    bindparam,
+    exists,
+    literal,
+    or_,
+    select as core_select,
+)
 from sqlmodel import Session
 
 from exchange.errors import NotFoundError
@@ -133,16 +143,21 @@ def owned_case(session: Session, principal: Principal, case_id: str, *, now: dat
     return case
 
 
-def granted_case_ids(*, country: str, agency: str, now: datetime) -> Select[tuple[str]]:
-    """A subquery of the ids of the cases a live read grant opens to a country, or to the agency
-    by name; the SQL form of `grants.can_read_case` for non-owners.
+def live_grant_exists(
+    case_id: ColumnElement[str], *, country: str, agency: str, now: datetime
+) -> Exists:
+    """SQL for "a live read grant on `case_id` opens it to this country, or to the agency by
+    name": `grants.can_read_case` for non-owners, as a correlated EXISTS.
 
-    A subquery, never a list of ids bound as parameters: the database joins it, so a caller
-    with 100,000 grants costs no parameter per grant (PostgreSQL's driver refuses more than
-    65,535 of them) and no round trip of every id through Python.
+    Never a list of granted ids bound as parameters (PostgreSQL's driver refuses more than
+    65,535 of them, and each id would go through Python). Correlated, so a listing walks the
+    cases in page order and probes the grant index (case_id, grantee_country) per case: a page
+    costs its own rows when most cases are granted, and at worst one pass over the cases when
+    few are.
     """
     padded_scope = literal(" ") + _GRANT.c.scope + literal(" ")
-    return core_select(_GRANT.c.case_id).where(
+    return exists().where(
+        _GRANT.c.case_id == case_id,
         _GRANT.c.grantee_country == country,
         or_(_GRANT.c.grantee_agency.is_(None), _GRANT.c.grantee_agency == agency),
         or_(_GRANT.c.revoked_at.is_(None), _GRANT.c.revoked_at > now),

@@ -16,7 +16,7 @@ from exchange.grants import check_scope
 from exchange.ledger.entry import Action, NewEntry
 from exchange.ledger.signer import LogSigner
 from exchange.model import Principal
-from exchange.service.access import AnyRow, actor_of, granted_case_ids, readable_case_row
+from exchange.service.access import AnyRow, actor_of, live_grant_exists, readable_case_row
 from exchange.signing import b64url, b64url_decode
 from exchange.storage import ledger_store
 from exchange.storage.db import session_scope
@@ -130,8 +130,8 @@ def list_cases(
     query = core_select(_CASE).where(
         or_(
             _CASE.c.owner_agency == principal.agency,
-            _CASE.c.id.in_(
-                granted_case_ids(country=principal.country, agency=principal.agency, now=now)
+            live_grant_exists(
+                _CASE.c.id, country=principal.country, agency=principal.agency, now=now
             ),
         )
     )
