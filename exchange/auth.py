@@ -54,7 +54,7 @@ MAX_ASSERTION_LIFETIME: Final = timedelta(minutes=5)
 CLOCK_LEEWAY: Final = timedelta(seconds=30)
 MAX_TOKEN_LENGTH: Final = 8192
 # Case scopes one token may name: access follows the live grants on every request, so tokens
-# carry role scopes only and never one scope per granted case (see docs/access.md). 16 case
+# carry role scopes only and never one scope per granted case (see docs/auth.md). 16 case
 # scopes keep a token under 2 KB.
 MAX_TOKEN_CASES: Final = 16
 # Verified access tokens remembered per verifier (see `TokenVerifier.verify`).

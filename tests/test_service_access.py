@@ -38,6 +38,5 @@ def test_the_grant_check_searches_the_composite_index(tmp_path: Path, analyzed: 
     finally:
         engine.dispose()
     assert [row[3] for row in plan] == [
-        "SEARCH case_grant USING INDEX ix_case_grant_case_country "
-        "(case_id=? AND grantee_country=?)"
+        "SEARCH case_grant USING INDEX ix_case_grant_case_country (case_id=? AND grantee_country=?)"
     ]

@@ -54,7 +54,7 @@ def issue_token(
     """Verify an RFC 7523 client assertion and issue an access token for its client.
 
     The token carries the client's role scopes only, never one scope per granted case: which
-    cases it may read is decided by the live grants on every request (docs/access.md), so the
+    cases it may read is decided by the live grants on every request (docs/auth.md), so the
     token's size does not grow with the grants. A `client_id` sent beside the assertion must be
     its issuer. Raises `UnauthenticatedError` for any failure.
     """

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from exchange.api.errors import PROBLEM_MEDIA_TYPE, problem_type
-from exchange.client import make_client_assertion
+from exchange.client import ExchangeClient, make_client_assertion
 from tests.api.conftest import (
     AGENCY_OF,
     PH_PARTNER,
@@ -208,3 +208,10 @@ def test_a_bad_page_request_is_refused(fresh: Api, scale: Scale, query: str, det
     problem = response.json()
     assert problem["type"] == problem_type("invalid_input")
     assert problem["detail"] == detail
+
+
+def test_the_client_follows_every_page(fresh: Api, scale: Scale):
+    client = ExchangeClient(
+        base_url=TESTSERVER, client_id=PH_PARTNER, signer=dev_signer("PH-NBI"), http=fresh.http
+    )
+    assert [case["case_id"] for case in client.list_cases()] == scale.granted
