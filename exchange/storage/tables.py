@@ -107,7 +107,7 @@ class CaseRow(SQLModel, table=True):
     """A case, owned by one agency."""
 
     __tablename__ = "evidence_case"
-    # Listing walks cases in this order, a page at a time (migration 0003).
+    # Listing walks cases in this order, a page at a time (migration 0004).
     __table_args__ = (Index("ix_evidence_case_created", "created_at", "id"),)
 
     id: str = Field(sa_column=Column(String(36), primary_key=True))

@@ -9,8 +9,8 @@ case's grant list, the foreign key), so it replaces the `case_id` index.
 Listing cases walks them in `(created_at, id)` order, one page at a time; the index lets a page
 stop after its last row instead of sorting every case first.
 
-Revision ID: 0003_access_indexes
-Revises: 0002_service
+Revision ID: 0004_access_indexes
+Revises: 0003_case_chain
 Create Date: 2026-12-01
 """
 
@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 from alembic import op
 
-revision: str = "0003_access_indexes"
-down_revision: str | None = "0002_service"
+revision: str = "0004_access_indexes"
+down_revision: str | None = "0003_case_chain"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
