@@ -598,7 +598,9 @@ def test_the_bundle_the_service_exports_verifies(
         package_id=manifest["package_id"], path="chats/line-export.txt",
     )  # fmt: skip
     assert b"".join(download.chunks).startswith("ข้อความ".encode())
-    bundle = custody.export_bundle(sqlite_engine, log=log, principal=th, now=now, case_id=case_id)
+    bundle = json.loads(
+        custody.export_bundle(sqlite_engine, log=log, principal=th, now=now, case_id=case_id)
+    )
     report = verify_bundle(json.loads(json.dumps(bundle)), log_key=log.verifier().public_key)
     assert [e.action for e in report.events] == [
         "case.opened",

@@ -43,8 +43,7 @@ from exchange.custody.record import (
 )
 from exchange.errors import ExchangeError, InvalidInputError, VerificationError
 from exchange.ledger import casechain, merkle
-from exchange.ledger.entry import Action, LedgerEntry
-from exchange.model import canonical_bytes
+from exchange.ledger.entry import Action, LedgerEntry, entry_bytes
 from exchange.package.hashing import ProgressCallback
 from exchange.signing import PublicKey
 from exchange.trust import TrustedKey, TrustStore
@@ -78,9 +77,11 @@ def _proof(hashes: object, what: str) -> list[bytes]:
 def _entry(obj: object, where: str) -> tuple[LedgerEntry, bytes]:
     # The model holds the same rules as schemas/ledger-entry.v2.json (tests hold them equal);
     # the entry's bytes are its canonical form, which is unique, so the leaf follows from it.
+    if not isinstance(obj, Mapping):
+        raise _fail(f"{where} is not an object", "bad_bundle")
     try:
         entry = LedgerEntry.model_validate(obj)
-        return entry, canonical_bytes(obj)
+        return entry, entry_bytes(dict(obj))
     except ValidationError as exc:
         first = exc.errors()[0]
         path = "/" + "/".join(str(p) for p in first["loc"])
@@ -94,20 +95,102 @@ def _entry(obj: object, where: str) -> tuple[LedgerEntry, bytes]:
 @dataclass(frozen=True)
 class _CaseItem:
     seq: int
-    case_seq: int | None  # None: a disclosed v1 entry, whose place is only implied
     leaf: bytes
     entry: LedgerEntry | None  # None: redacted
 
 
-def _case_items(raw: Sequence[Any], case_id: str) -> list[_CaseItem]:
+def _stated_total(raw: Sequence[Any], size: int) -> int:
+    """The case's entry count as the bundle's last entry, its own export, states it."""
+    last = raw[-1] if raw else None
+    entry = last.get("entry") if isinstance(last, Mapping) else None
+    if (
+        not isinstance(entry, Mapping)
+        or entry.get("action") != Action.CUSTODY_EXPORTED
+        or not isinstance(entry.get("case_seq"), int)
+    ):
+        seq = last.get("seq") if isinstance(last, Mapping) else None
+        raise _fail(
+            f"the bundle does not end with its own custody export (its last entry is seq "
+            f"{seq}): the newest case entries are missing",
+            "case_incomplete",
+        )
+    if entry.get("seq") != size - 1:
+        raise _fail(
+            f"the bundle's custody export is ledger entry {entry.get('seq')}, but the checkpoint "
+            f"it is verified against covers {size} entries: not the checkpoint the bundle was "
+            "exported under",
+            "checkpoint_mismatch",
+        )
+    return int(entry["case_seq"]) + 1
+
+
+def _numbered(
+    index: int, case_seq: object, total: int, seq: int, before: int | None, places: set[object]
+) -> None:
+    if case_seq == index:
+        return
+    if isinstance(case_seq, int) and case_seq > index and index not in places:
+        after = f"after ledger entry {before} " if before is not None else ""
+        raise _fail(
+            f"case entry {index + 1} of {total} is missing ({after}before ledger entry {seq})",
+            "case_entry_missing",
+        )
+    if isinstance(case_seq, int) and case_seq > index:
+        raise _fail(
+            f"case entries out of order: ledger entry {seq} (case entry {case_seq + 1}) is listed "
+            f"where case entry {index + 1} belongs",
+            "case_order",
+        )
+    raise _fail(
+        f"ledger entry {seq} claims to be case entry {case_seq}, but {index} entries of the "
+        "case come before it: an entry is repeated or out of order",
+        "case_order",
+    )
+
+
+def _stated_place(item: object) -> object:
+    if not isinstance(item, Mapping):
+        return None
+    entry = item.get("entry")
+    return (entry if isinstance(entry, Mapping) else item).get("case_seq")
+
+
+def _case_items(raw: Sequence[Any], case_id: str, size: int) -> list[_CaseItem]:
+    """Walk the case's entries in order: numbering, order and the case chain.
+
+    A disclosed v2 entry comes without its `case_prev` (the bundle leaves it out, see
+    docs/ledger.md): it is the head folded so far, restored here before the entry's leaf is
+    hashed. So every entry's leaf, and at the end the export's, depends on all before it.
+    """
+    total = _stated_total(raw, size)
+    # Every place a case entry claims, so that a gap can be told from a misplaced entry.
+    places = {_stated_place(i) for i in raw}
+    head = casechain.genesis(case_id)
     items: list[_CaseItem] = []
     for index, item in enumerate(raw):
         where = f"entries[{index}]"
         if not isinstance(item, Mapping) or not isinstance(item.get("seq"), int):
             raise _fail(f"{where} is not an entry or a redacted stub", "bad_bundle")
         seq = item["seq"]
-        if "entry" in item:
-            entry, data = _entry(item["entry"], f"case entry at seq {seq}")
+        before = items[-1].seq if items else None
+        if before is not None and seq <= before:
+            raise _fail(
+                f"case entries out of order: ledger entry {seq} is listed after ledger entry "
+                f"{before}",
+                "case_order",
+            )
+        obj = item.get("entry")
+        if isinstance(obj, Mapping):
+            if obj.get("v") == 2 and "case_id" in obj:
+                given = obj.get("case_prev", head.hex())
+                if given != head.hex():
+                    raise _fail(
+                        f"case entry {index + 1} of {total} (ledger entry {seq}) does not chain "
+                        "to the entries before it: one of them was altered, replaced or reordered",
+                        "case_chain_broken",
+                    )
+                obj = {**obj, "case_prev": given}
+            entry, data = _entry(obj, f"case entry at seq {seq}")
             if entry.seq != seq:
                 raise _fail(f"ledger entry {entry.seq} is listed as seq {seq}", "seq_mismatch")
             if entry.case_id != case_id:
@@ -115,84 +198,22 @@ def _case_items(raw: Sequence[Any], case_id: str) -> list[_CaseItem]:
                     f"ledger entry {seq} is about case {entry.case_id}, not {case_id}",
                     "case_mismatch",
                 )
-            items.append(_CaseItem(seq, entry.case_seq, merkle.leaf_hash(data), entry))
+            if entry.case_seq is not None:
+                _numbered(index, entry.case_seq, total, seq, before, places)
+            leaf = merkle.leaf_hash(data)
+        elif "entry" in item:
+            raise _fail(f"{where}.entry is not an object", "bad_bundle")
         else:
-            case_seq = item.get("case_seq")
-            if not isinstance(case_seq, int) or isinstance(case_seq, bool) or case_seq < 0:
-                raise _fail(f"redacted entry at seq {seq} has no case_seq", "bad_bundle")
-            items.append(
-                _CaseItem(seq, case_seq, _hash(item.get("leaf_hash"), f"{where}.leaf_hash"), None)
-            )
-    return items
-
-
-def _check_complete(items: list[_CaseItem], case_id: str, size: int) -> int:
-    """Check order, numbering and the case chain; returns the case's number of entries."""
-    if not items:
-        raise _fail("custody bundle holds no case entries", "bad_bundle")
-    last = items[-1]
-    if (
-        last.entry is None
-        or last.entry.action != Action.CUSTODY_EXPORTED
-        or last.entry.case_seq is None
-    ):
-        raise _fail(
-            f"the bundle does not end with its own custody export (its last entry is seq "
-            f"{last.seq}): the newest case entries are missing",
-            "case_incomplete",
-        )
-    if last.seq != size - 1:
-        raise _fail(
-            f"the bundle's custody export is ledger entry {last.seq}, but the checkpoint it is "
-            f"verified against covers {size} entries: not the checkpoint the bundle was "
-            f"exported under",
-            "checkpoint_mismatch",
-        )
-    total = last.entry.case_seq + 1
-    for index, item in enumerate(items):
-        if index and item.seq <= items[index - 1].seq:
-            raise _fail(
-                f"case entries out of order: ledger entry {item.seq} is listed after "
-                f"ledger entry {items[index - 1].seq}",
-                "case_order",
-            )
-        if item.case_seq is None or item.case_seq == index:
-            continue
-        if item.case_seq > index:
-            after = f"after ledger entry {items[index - 1].seq} " if index else ""
-            raise _fail(
-                f"case entry {index + 1} of {total} is missing ({after}before ledger entry "
-                f"{item.seq})",
-                "case_entry_missing",
-            )
-        raise _fail(
-            f"ledger entry {item.seq} claims to be case entry {item.case_seq + 1}, but "
-            f"{index} entries come before it: an entry is repeated or out of order",
-            "case_order",
-        )
+            _numbered(index, item.get("case_seq"), total, seq, before, places)
+            leaf = _hash(item.get("leaf_hash"), f"{where}.leaf_hash")
+            entry = None
+        items.append(_CaseItem(seq, leaf, entry))
+        head = casechain.advance(head, seq, leaf)
     if len(items) != total:
         raise _fail(
             f"the case has {total} entries but the bundle holds {len(items)}", "case_entry_missing"
         )
-    head = casechain.genesis(case_id)
-    checked = 0
-    for index, item in enumerate(items):
-        entry = item.entry
-        if entry is not None and entry.case_prev is not None:
-            if entry.case_prev != head.hex():
-                span = (
-                    f"case entry {checked + 1}"
-                    if checked == index - 1
-                    else f"case entries {checked + 1} to {index}"
-                )
-                raise _fail(
-                    f"case entry {index + 1} of {total} (ledger entry {item.seq}) does not chain "
-                    f"to the entries before it: {span} altered, replaced or reordered",
-                    "case_chain_broken",
-                )
-            checked = index + 1
-        head = casechain.advance(head, item.seq, item.leaf)
-    return total
+    return items
 
 
 def _key_entries(
@@ -307,18 +328,21 @@ def verify_bundle_v2(
         raise _fail("custody bundle needs its entries", "bad_bundle")
     checkpoint = verify_checkpoint(note, log_key, origin)
     size, root = checkpoint.size, checkpoint.root_hash
-    items = _case_items(raw_entries, case_id)
-    total = _check_complete(items, case_id, size)
+    items = _case_items(raw_entries, case_id, size)
+    total = len(items)
     export = items[-1]
     try:
         merkle.verify_inclusion(
             export.leaf, export.seq, size, _proof(bundle.get("export_inclusion"), "export"), root
         )
     except VerificationError as exc:
+        # The export's leaf holds the chain head over every earlier entry of the case: any
+        # entry altered, replaced, reordered or made up changes it.
         raise _fail(
-            f"the custody export (ledger entry {export.seq}) is not in the signed ledger: "
-            f"{exc.message}",
-            exc.reason,
+            f"the case's entries do not lead to its custody export (ledger entry {export.seq}) "
+            f"in the signed ledger: an entry of the case was altered, replaced, reordered or "
+            f"left out ({exc.message})",
+            "case_chain_broken",
         ) from exc
     sealed = {
         i.entry.package_id: i.entry

@@ -183,7 +183,16 @@ def make_entry(
         raise InvalidInputError(f"ledger entry {_first_error(exc)}") from exc
     # `wire` passed validation and holds only plain JSON values, so its canonical bytes are the
     # entry's (a test holds the two equal); skipping the model's dump saves a third of the time.
-    return entry, canonical_bytes(wire)
+    return entry, entry_bytes(wire)
+
+
+def entry_bytes(wire: dict[str, Any]) -> bytes:
+    """Canonical bytes of an entry object that `LedgerEntry` has validated.
+
+    The model fixes every key and number outside `details` (ASCII keys, safe integers), so only
+    `details` decides whether the fast serializer is exact.
+    """
+    return canonical_bytes(wire, free=wire["details"])
 
 
 @lru_cache(maxsize=1024)
