@@ -17,6 +17,7 @@ import hashlib
 import re
 import secrets
 import threading
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
@@ -26,9 +27,17 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from jwt.types import Options
+from pydantic import ValidationError
 
 from exchange.errors import ExchangeError, InvalidInputError, UnauthenticatedError
-from exchange.model import KeyId, Principal, Role, parse_json
+from exchange.model import (
+    MAX_OFFICER_TEXT,
+    ActingOfficer,
+    KeyId,
+    Principal,
+    Role,
+    parse_json,
+)
 from exchange.signing import (
     ALGORITHMS,
     ED25519,
@@ -190,7 +199,57 @@ def _string_claim(
     return value
 
 
+def _is_officer_text(value: object) -> bool:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_OFFICER_TEXT or value.isspace():
+        return False
+    # Control characters could forge lines of a printed custody timeline.
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        return False
+    try:
+        value.encode("utf-8")  # a lone surrogate has no UTF-8 form: no entry could record it
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _officer_text(act: Mapping[str, Any], member: str, *, what: str) -> None:
+    if not _is_officer_text(act.get(member)):
+        raise _reject(
+            f"{what}: act.{member} must be 1 to {MAX_OFFICER_TEXT} characters of text, not blank"
+        )
+
+
+def _acting_officer(claims: Mapping[str, Any], *, what: str) -> ActingOfficer | None:
+    """The `act` claim (RFC 8693 §4.1: the officer a client acts for), or None if absent.
+
+    Bounded as a ledger entry's `actor.act`, so every entry made with the token can record it;
+    no nested `act` (a delegation chain) or other member is accepted.
+    """
+    if "act" not in claims:
+        return None
+    act = claims["act"]
+    if not isinstance(act, dict):
+        raise _reject(f"{what}: act must be an object")
+    if not set(act) <= {"sub", "name"}:
+        raise _reject(f"{what}: act may hold only sub and name")
+    _officer_text(act, "sub", what=what)
+    if "name" in act:
+        _officer_text(act, "name", what=what)
+    try:
+        return ActingOfficer.model_validate(act)
+    except ValidationError as exc:  # the entry's own bounds, should they ever differ from ours
+        raise _reject(f"{what}: act") from exc
+
+
 # --------------------------------------------------------------------------- client assertions
+
+
+@dataclass(frozen=True)
+class VerifiedAssertion:
+    """What a verified client assertion proved: the client, and the officer acting, if named."""
+
+    client_id: str
+    act: ActingOfficer | None = None
 
 
 def verify_client_assertion(
@@ -200,12 +259,14 @@ def verify_client_assertion(
     token_endpoint: str,
     now: datetime,
     remember_jti: Callable[[str, datetime], bool],
-) -> str:
-    """Verify an RFC 7523 private_key_jwt client assertion and return the client id.
+) -> VerifiedAssertion:
+    """Verify an RFC 7523 private_key_jwt client assertion; return the client id and officer.
 
     `client_keys(client_id)` returns the client's registered, currently valid keys (empty if
     unknown); the key, not the header, decides the algorithm. `remember_jti(jti, expires_at)`
-    records the jti and returns False if it was already seen. Raises `UnauthenticatedError`.
+    records the jti and returns False if it was already seen. An `act` claim (signed with the
+    rest of the assertion) names the officer acting; see `_acting_officer`. Raises
+    `UnauthenticatedError`.
     """
     what = "invalid client assertion"
     header = _read_header(assertion, what=what)
@@ -259,6 +320,7 @@ def verify_client_assertion(
     exp = _numeric_date(claims, "exp", what=what)
     iat = _numeric_date(claims, "iat", what=what)
     jti = _string_claim(claims, "jti", JTI_PATTERN, what=what)
+    act = _acting_officer(claims, what=what)
     current = _epoch(now)
     leeway = int(CLOCK_LEEWAY.total_seconds())
     lifetime = int(MAX_ASSERTION_LIFETIME.total_seconds())
@@ -273,7 +335,7 @@ def verify_client_assertion(
     # Remember the jti last, so a rejected assertion never burns a jti.
     if not remember_jti(jti, datetime.fromtimestamp(exp, tz=now.tzinfo)):
         raise _reject(f"{what}: replayed jti")
-    return client_id
+    return VerifiedAssertion(client_id=client_id, act=act)
 
 
 # --------------------------------------------------------------------------- access tokens
@@ -372,9 +434,13 @@ class TokenIssuer:
         role: Role,
         case_ids: Iterable[str] = (),
         now: datetime,
+        act: ActingOfficer | None = None,
     ) -> str:
         """A signed access token for one client: its role scopes, plus one read scope per case
-        in `case_ids` (at most `MAX_TOKEN_CASES`: a token never grows with a client's grants)."""
+        in `case_ids` (at most `MAX_TOKEN_CASES`: a token never grows with a client's grants).
+
+        `act` names the officer the client acts for (the token's `act` claim, RFC 8693 §4.1).
+        """
         if not CLIENT_ID_PATTERN.match(client_id):
             raise InvalidInputError(f"client id {client_id!r} is malformed")
         if not AGENCY_PATTERN.match(agency):
@@ -382,7 +448,7 @@ class TokenIssuer:
         if not COUNTRY_PATTERN.match(country):
             raise InvalidInputError(f"country {country!r} is not ISO 3166-1 alpha-2")
         issued = _epoch(now)
-        claims = {
+        claims: dict[str, Any] = {
             "iss": self._issuer,
             "aud": self._audience,
             "sub": client_id,
@@ -396,6 +462,8 @@ class TokenIssuer:
             "role": Role(role).value,
             "scope": " ".join(role_scopes(Role(role), case_ids)),
         }
+        if act is not None:
+            claims["act"] = act.to_wire()
         return jwt.encode(
             claims,
             self._signer.private_key,
@@ -538,6 +606,7 @@ class TokenVerifier:
         scopes = scope.split(" ")
         if not all(SCOPE_TOKEN_PATTERN.match(s) for s in scopes):
             raise _reject(f"{what}: scope")
+        act = _acting_officer(claims, what=what)
         principal = Principal(
             client_id=client_id,
             agency=agency,
@@ -546,6 +615,7 @@ class TokenVerifier:
             scopes=frozenset(scopes),
             token_id=jti,
             expires_at=datetime.fromtimestamp(exp, tz=tzinfo),
+            act=act,
         )
         return _Verified(principal=principal, exp=exp, not_before=max(nbf, iat))
 

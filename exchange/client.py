@@ -45,14 +45,19 @@ def make_client_assertion(
     audience: str,
     lifetime_seconds: int = 120,
     algorithm: str | None = None,
+    act: Mapping[str, str] | None = None,
 ) -> str:
     """An RFC 7523 client assertion: iss = sub = client id, aud = the token endpoint, fresh jti.
+
+    `act` (``{"sub": officer id, "name": display name}``) names the officer acting through the
+    client; signed with the rest of the assertion, it is carried into the access token and
+    recorded in every ledger entry made with it.
 
     `algorithm` overrides the JWS alg (``Ed25519`` or ``EdDSA`` for an Ed25519 key); by default
     ``EdDSA`` for Ed25519 keys (see `ASSERTION_ED25519_ALG`) and ``ES256`` for P-256 keys.
     """
     now = int(time.time())
-    claims = {
+    claims: dict[str, Any] = {
         "iss": client_id,
         "sub": client_id,
         "aud": audience,
@@ -60,6 +65,8 @@ def make_client_assertion(
         "exp": now + lifetime_seconds,
         "jti": str(uuid.uuid4()),
     }
+    if act is not None:
+        claims["act"] = dict(act)
     if algorithm is None:
         algorithm = ASSERTION_ED25519_ALG if signer.is_ed25519 else signer.algorithm
     return jwt.encode(
@@ -92,6 +99,8 @@ class ExchangeClient:
     base_url: str
     client_id: str
     signer: Signer
+    # The officer acting through this client ({"sub": id, "name": display name}), if any.
+    act: Mapping[str, str] | None = None
     http: httpx.Client = field(
         default_factory=lambda: httpx.Client(timeout=httpx.Timeout(30.0, read=300.0))
     )
@@ -106,7 +115,10 @@ class ExchangeClient:
     def login(self) -> dict[str, Any]:
         """Exchange a signed client assertion for an access token; returns the token response."""
         assertion = make_client_assertion(
-            client_id=self.client_id, signer=self.signer, audience=self.token_endpoint
+            client_id=self.client_id,
+            signer=self.signer,
+            audience=self.token_endpoint,
+            act=self.act,
         )
         response = self.http.post(
             self.token_endpoint,

@@ -37,6 +37,9 @@ class GrantView:
     scope: frozenset[str]
     expires_at: datetime
     revoked_at: datetime | None = None
+    # The authority a fetch or read under this grant is recorded with (`authorizing_grant`).
+    legal_basis_type: str | None = None
+    legal_basis_reference: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,30 @@ def can_read_case(
     return any(
         g.case_id == case.case_id and is_grant_live(g, now=now) and grant_covers(g, principal)
         for g in grants
+    )
+
+
+def authorizing_grant(
+    principal: Principal, case: CaseView, grants: Iterable[GrantView], *, now: datetime
+) -> GrantView | None:
+    """The live grant under which a non-owner reads `case`; None for the owner or if none covers.
+
+    When several cover the caller, the one naming its agency is chosen over a country-wide one
+    (the narrower authority), then the one that lasts longest, then the lowest id: the same
+    grant for the same set of grants, whatever order the database returned them in.
+    """
+    if is_case_owner(principal, case):
+        return None
+    covering = [
+        g
+        for g in grants
+        if g.case_id == case.case_id and is_grant_live(g, now=now) and grant_covers(g, principal)
+    ]
+    if not covering:
+        return None
+    return min(
+        covering,
+        key=lambda g: (g.grantee_agency is None, -g.expires_at.timestamp(), g.grant_id),
     )
 
 

@@ -260,6 +260,22 @@ class Role(StrEnum):
     ADMIN = "admin"
 
 
+MAX_OFFICER_TEXT = 200
+
+OfficerText = Annotated[
+    str, Field(min_length=1, max_length=MAX_OFFICER_TEXT, strict=True, pattern=r"\S")
+]
+
+
+class ActingOfficer(WireModel):
+    """The person acting through a client, as its signed assertion named them: the `act`
+    claim (RFC 8693 §4.1) of an assertion and of the access token, `actor.act` of a v2 ledger
+    entry (schemas/ledger-entry.v2.json)."""
+
+    sub: OfficerText
+    name: OfficerText | None = None
+
+
 class Principal(BaseModel):
     """The authenticated caller of one request, as read from a verified access token."""
 
@@ -272,6 +288,8 @@ class Principal(BaseModel):
     scopes: frozenset[str]
     token_id: str
     expires_at: datetime
+    # The officer the client acts for, from the token's own `act` claim (None: not named).
+    act: ActingOfficer | None = None
 
     def has_scope(self, scope: str) -> bool:
         """Whether the token carries `scope`."""

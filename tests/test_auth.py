@@ -19,12 +19,13 @@ from exchange.auth import (
     ROLE_SCOPES,
     TokenIssuer,
     TokenVerifier,
+    VerifiedAssertion,
     keys_from_jwks,
     role_scopes,
     verify_client_assertion,
 )
 from exchange.errors import InvalidInputError, UnauthenticatedError
-from exchange.model import Role
+from exchange.model import ActingOfficer, Role
 from exchange.signing import PublicKey, Signer, b64url, b64url_decode, key_id
 
 NOW = datetime(2026, 11, 29, 12, 0, 0, tzinfo=UTC)
@@ -518,6 +519,9 @@ class Registry:
         return True
 
     def verify(self, assertion: str, *, now: datetime = NOW) -> str:
+        return self.verified(assertion, now=now).client_id
+
+    def verified(self, assertion: str, *, now: datetime = NOW) -> VerifiedAssertion:
         return verify_client_assertion(
             assertion,
             client_keys=self.client_keys,
@@ -716,3 +720,130 @@ def test_assertion_with_wrong_kid_is_refused(registry: Registry, th_client: Sign
     token = assertion(th_client, assertion_claims("th-rtp-inv-1"), kid=other.key_id)
     refused(registry, token, "no registered key of the client matches")
     refused(registry, assertion(th_client, assertion_claims("th-rtp-inv-1"), kid="../k"), "kid")
+
+
+# --------------------------------------------------------------------------- the acting officer
+
+OFFICER = {"sub": "th-rtp-officer-0042", "name": "Pol. Lt. Somchai K."}
+
+
+def test_assertion_act_names_the_acting_officer(registry: Registry, th_client: Signer):
+    claims = assertion_claims("th-rtp-inv-1", act=OFFICER)
+    verified = registry.verified(assertion(th_client, claims))
+    assert verified == VerifiedAssertion(
+        client_id="th-rtp-inv-1",
+        act=ActingOfficer(sub="th-rtp-officer-0042", name="Pol. Lt. Somchai K."),
+    )
+    only_id = assertion_claims("th-rtp-inv-1", act={"sub": "7"}, jti="only-id")
+    assert registry.verified(assertion(th_client, only_id)).act == ActingOfficer(sub="7")
+    without = assertion_claims("th-rtp-inv-1", jti="without")
+    assert registry.verified(assertion(th_client, without)).act is None
+
+
+TEXT_RULE = "must be 1 to 200 characters of text, not blank"
+
+
+@pytest.mark.parametrize(
+    ("act", "message"),
+    [
+        ("th-rtp-officer-0042", "act must be an object"),
+        (["th-rtp-officer-0042"], "act must be an object"),
+        (None, "act must be an object"),
+        ({}, f"act.sub {TEXT_RULE}"),
+        ({"name": "Somchai"}, f"act.sub {TEXT_RULE}"),
+        ({"sub": ""}, f"act.sub {TEXT_RULE}"),
+        ({"sub": " \t "}, f"act.sub {TEXT_RULE}"),
+        ({"sub": 42}, f"act.sub {TEXT_RULE}"),
+        ({"sub": "x" * 201}, f"act.sub {TEXT_RULE}"),
+        ({"sub": "7", "name": "n" * 201}, f"act.name {TEXT_RULE}"),
+        ({"sub": "7", "name": ""}, f"act.name {TEXT_RULE}"),
+        ({"sub": "7", "name": None}, f"act.name {TEXT_RULE}"),
+        ({"sub": "7", "name": "Somchai\n#12 forged line"}, f"act.name {TEXT_RULE}"),
+        ({"sub": "7\u0000"}, f"act.sub {TEXT_RULE}"),
+        ({"sub": "7", "role": "boss"}, "act may hold only sub and name"),
+        ({"sub": "7", "act": {"sub": "8"}}, "act may hold only sub and name"),
+    ],
+)
+def test_a_bad_act_claim_is_refused_and_burns_no_jti(
+    registry: Registry, th_client: Signer, act: object, message: str
+):
+    claims = assertion_claims("th-rtp-inv-1")
+    claims["act"] = act
+    refused(registry, assertion(th_client, claims), message)
+    assert registry.seen == {}
+
+
+def test_an_act_of_exactly_200_characters_is_accepted(registry: Registry, th_client: Signer):
+    act = {"sub": "s" * 200, "name": "ñ" * 200}
+    claims = assertion_claims("th-rtp-inv-1", act=act)
+    assert registry.verified(assertion(th_client, claims)).act == ActingOfficer(**act)
+
+
+def test_an_act_with_a_lone_surrogate_is_refused(registry: Registry, th_client: Signer):
+    # json.dumps writes the surrogate as \ud800, which json.loads reads back as a lone surrogate.
+    claims = assertion_claims("th-rtp-inv-1", act={"sub": "7\ud800"})
+    refused(registry, assertion(th_client, claims), f"act.sub {TEXT_RULE}")
+
+
+def test_the_act_claim_is_signed_with_the_assertion(registry: Registry, th_client: Signer):
+    token = assertion(th_client, assertion_claims("th-rtp-inv-1", act=OFFICER))
+    head, _, signature = token.split(".")
+    swapped = assertion_claims("th-rtp-inv-1", act={"sub": "someone-else"})
+    body = b64url(json.dumps(swapped).encode())
+    refused(registry, f"{head}.{body}.{signature}", "signature")
+
+
+def test_the_access_token_carries_act_into_the_principal(
+    issuer: TokenIssuer, verifier: TokenVerifier
+):
+    officer = ActingOfficer(**OFFICER)
+    token = issuer.issue(
+        client_id="th-rtp-inv-1", agency="TH-RTP", country="TH", role=Role.INVESTIGATOR,
+        case_ids=[], now=NOW, act=officer,
+    )  # fmt: skip
+    assert parts(token)[1]["act"] == OFFICER
+    assert verifier.verify(token, now=NOW).act == officer
+    plain = issue(issuer)
+    assert "act" not in parts(plain)[1]
+    assert verifier.verify(plain, now=NOW).act is None
+
+
+def test_a_remembered_token_keeps_its_own_act(issuer: TokenIssuer):
+    # The memo is keyed by the token's bytes: two tokens of one client, one naming an officer,
+    # one not, never lend each other their act.
+    fresh = TokenVerifier(issuer.verification_keys(), issuer=ISSUER, audience=AUDIENCE)
+    tokens = {
+        name: issuer.issue(
+            client_id="th-rtp-inv-1",
+            agency="TH-RTP",
+            country="TH",
+            role=Role.INVESTIGATOR,
+            case_ids=[],
+            now=NOW,
+            act=act,
+        )
+        for name, act in [
+            ("a", ActingOfficer(sub="a")),
+            ("none", None),
+            ("b", ActingOfficer(sub="b")),
+        ]
+    }
+    for _ in range(2):
+        assert fresh.verify(tokens["a"], now=NOW).act == ActingOfficer(sub="a")
+        assert fresh.verify(tokens["none"], now=NOW).act is None
+        assert fresh.verify(tokens["b"], now=NOW).act == ActingOfficer(sub="b")
+
+
+@pytest.mark.parametrize(
+    ("act", "message"),
+    [
+        ("officer", "act must be an object"),
+        ({"sub": ""}, f"act.sub {TEXT_RULE}"),
+        ({"sub": "7", "x": 1}, "act may hold only sub and name"),
+    ],
+)
+def test_a_token_with_a_bad_act_is_rejected(
+    verifier: TokenVerifier, issuer_signer: Signer, act: object, message: str
+):
+    token = forge(good_header(issuer_signer), good_claims() | {"act": act}, issuer_signer.sign)
+    rejected(verifier, token, message)

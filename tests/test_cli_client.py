@@ -443,3 +443,54 @@ def stored_blob(server: RunningExchange, sha256: str) -> Path:
 
 def test_the_server_fixture_really_listens(server):
     assert httpx.get(f"{server.url}/healthz").status_code == 200
+
+
+def test_login_with_an_officer_records_them_in_every_entry_and_the_timeline(
+    server, profiles, config: Path, capsys, tmp_path: Path
+):
+    key = DEV_KEY_DIR / "TH-RTP.key.pem"
+    assert main(["login", "--server", server.url, "--client", TH_INVESTIGATOR, "--key", str(key),
+                 "--officer-id", "th-rtp-officer-0042", "--officer-name", "Pol. Lt. Somchai K.",
+                 "--profile", "th"]) == 0  # fmt: skip
+    assert "  officer  Pol. Lt. Somchai K. (th-rtp-officer-0042)" in out_of(capsys)
+    saved = json.loads((config / "th.json").read_text(encoding="utf-8"))
+    assert (saved["officer_id"], saved["officer_name"]) == (
+        "th-rtp-officer-0042",
+        "Pol. Lt. Somchai K.",
+    )
+    case_id = new_case(capsys)
+    bundle = tmp_path / "custody.json"
+    assert main(["custody", "export", case_id, "--out", str(bundle), "--profile", "pros"]) == 0
+    out_of(capsys)
+    log_key = ledger_key_file(tmp_path, capsys)
+    assert main(["custody", "verify", str(bundle), "--log-key", str(log_key)]) == 0
+    out = out_of(capsys)
+    assert (
+        f"TH-RTP (TH) client:{TH_INVESTIGATOR}, acting: Pol. Lt. Somchai K. "
+        "(th-rtp-officer-0042): case opened"
+    ) in out
+    # The prosecutor's profile names no officer: its export records none.
+    assert f"TH-RTP (TH) client:{TH_PROSECUTOR}: custody record exported" in out
+
+
+def test_an_officer_name_without_an_id_is_refused_before_any_request(config: Path, capsys):
+    key = DEV_KEY_DIR / "TH-RTP.key.pem"
+    url = f"http://127.0.0.1:{free_port()}"
+    assert main(["login", "--server", url, "--client", TH_INVESTIGATOR, "--key", str(key),
+                 "--officer-name", "Somchai"]) == 1  # fmt: skip
+    assert "--officer-name needs --officer-id" in capsys.readouterr().err
+    assert not (config / "default.json").exists()
+
+
+def test_a_bad_officer_is_refused_by_the_exchange_and_no_profile_is_saved(
+    server, config: Path, capsys
+):
+    key = DEV_KEY_DIR / "TH-RTP.key.pem"
+    assert main(["login", "--server", server.url, "--client", TH_INVESTIGATOR, "--key", str(key),
+                 "--officer-id", "x" * 201]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert (
+        "login failed: the exchange refused (401 invalid_client): invalid client assertion: "
+        "act.sub must be 1 to 200 characters of text, not blank"
+    ) in err
+    assert not (config / "default.json").exists()

@@ -57,6 +57,11 @@ def register(subparsers: Any) -> None:
     login.add_argument("--server", required=True, help="exchange base URL")
     login.add_argument("--client", required=True, help="client id registered at the exchange")
     login.add_argument("--key", required=True, type=Path, help="the client's private key (PEM)")
+    login.add_argument(
+        "--officer-id",
+        help="id of the officer acting through the client; recorded in every ledger entry",
+    )
+    login.add_argument("--officer-name", help="display name of that officer (needs --officer-id)")
     add_profile(login)
     login.set_defaults(handler=login_command)
 
@@ -187,13 +192,24 @@ class Bars:
 
 def login_command(args: argparse.Namespace) -> int:
     """Handle `exchange login`: get one token to prove the credentials, then save the profile."""
+    if args.officer_name is not None and args.officer_id is None:
+        raise CommandError("--officer-name needs --officer-id")
+    profile = Profile(
+        server=args.server,
+        client_id=args.client,
+        key_path=str(args.key.resolve()),
+        officer_id=args.officer_id,
+        officer_name=args.officer_name,
+    )
     try:
         signer = Signer.from_pem(args.key.read_bytes())
     except OSError as exc:
         raise CommandError(f"cannot read key {args.key}: {exc.strerror}") from exc
     except ExchangeError as exc:
         raise CommandError(f"{args.key}: {exc.message}") from exc
-    client = ExchangeClient(base_url=args.server, client_id=args.client, signer=signer)
+    client = ExchangeClient(
+        base_url=args.server, client_id=args.client, signer=signer, act=profile.act
+    )
     try:
         with client:
             token = client.login()
@@ -201,10 +217,14 @@ def login_command(args: argparse.Namespace) -> int:
         raise CommandError(f"login failed: {server_error(exc)}") from exc
     except httpx.HTTPError as exc:
         raise CommandError(f"cannot reach {args.server}: {exc}") from exc
-    profile = Profile(server=args.server, client_id=args.client, key_path=str(args.key.resolve()))
     path = profile.save(args.profile)
     scopes = str(token.get("scope", "")).split()
     say(f"logged in to {args.server} as {args.client}")
+    if args.officer_id is not None:
+        officer = (
+            f"{args.officer_name} ({args.officer_id})" if args.officer_name else args.officer_id
+        )
+        say(f"  officer  {officer}")
     say(f"  scopes   {' '.join(scopes) or '-'}")
     say(f"  profile  {args.profile} ({path})")
     return 0

@@ -21,11 +21,24 @@ def profiles_dir() -> Path:
 
 @dataclass(frozen=True)
 class Profile:
-    """One saved login: server URL, client id and the path of the client's private key."""
+    """One saved login: server URL, client id, the path of the client's private key, and the
+    officer acting through the client (named in every assertion, so recorded in the ledger)."""
 
     server: str
     client_id: str
     key_path: str
+    officer_id: str | None = None
+    officer_name: str | None = None
+
+    @property
+    def act(self) -> dict[str, str] | None:
+        """The assertion's `act` claim, or None when no officer is set."""
+        if self.officer_id is None:
+            return None
+        act = {"sub": self.officer_id}
+        if self.officer_name is not None:
+            act["name"] = self.officer_name
+        return act
 
     def save(self, name: str) -> Path:
         """Write to the profiles folder (mode 0600: it names a key path)."""
@@ -44,7 +57,11 @@ class Profile:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
             return cls(
-                server=data["server"], client_id=data["client_id"], key_path=data["key_path"]
+                server=data["server"],
+                client_id=data["client_id"],
+                key_path=data["key_path"],
+                officer_id=data.get("officer_id"),
+                officer_name=data.get("officer_name"),
             )
         except FileNotFoundError:
             raise CommandError(f"no profile {name!r}: run `exchange login` first") from None
@@ -59,4 +76,6 @@ class Profile:
             raise CommandError(f"cannot read key {self.key_path}: {exc.strerror}") from exc
         except ExchangeError as exc:
             raise CommandError(f"{self.key_path}: {exc.message}") from exc
-        return ExchangeClient(base_url=self.server, client_id=self.client_id, signer=signer)
+        return ExchangeClient(
+            base_url=self.server, client_id=self.client_id, signer=signer, act=self.act
+        )

@@ -464,6 +464,24 @@ def _legal(d: Mapping[str, Any]) -> str:
     return ""
 
 
+def _authority(d: Mapping[str, Any]) -> str:
+    # Entries from before grants were recorded have no "grant" member and say nothing of it.
+    if "grant" not in d:
+        return ""
+    grant = d["grant"]
+    if grant is None:
+        return " as the owning agency"
+    if isinstance(grant, Mapping):
+        basis = grant.get("legal_basis")
+        legal = (
+            f" ({basis.get('type', '?')} {basis.get('reference', '?')})"
+            if isinstance(basis, Mapping)
+            else ""
+        )
+        return f" under grant {grant.get('grant_id', '?')}{legal}"
+    return ""
+
+
 def _size(d: Mapping[str, Any]) -> str:
     n = d.get("file_count", d.get("files"))
     b = d.get("bytes", d.get("total_bytes"))
@@ -503,8 +521,17 @@ _SUMMARIES: dict[str, Callable[[Mapping[str, Any]], str]] = {
             else "evidence"
         )
         + (f" ({d['bytes']} bytes)" if "bytes" in d else "")
+        + _authority(d)
     ),
     Action.CUSTODY_EXPORTED: lambda d: "custody record exported",
+    Action.PACKAGE_VIEWED: lambda d: (
+        (
+            f"listed the case's packages ({d['package_count']})"
+            if d.get("view") == "list"
+            else "read the package manifest and metadata"
+        )
+        + _authority(d)
+    ),
     Action.INTEGRITY_FAILURE: lambda d: (
         "INTEGRITY FAILURE: stored bytes did not match" + (f" ({d['path']})" if "path" in d else "")
     ),

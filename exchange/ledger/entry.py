@@ -19,7 +19,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationError, model_validator
 
 from exchange.errors import InvalidInputError
-from exchange.model import WireModel, canonical_bytes, parse_json
+from exchange.model import ActingOfficer, WireModel, canonical_bytes, parse_json
 from exchange.schema import validate
 
 SCHEMA_V1 = "ledger-entry.v1.json"
@@ -51,6 +51,8 @@ class Action(StrEnum):
     KEY_REVOKED = "key.revoked"
     CLIENT_REGISTERED = "client.registered"
     INTEGRITY_FAILURE = "integrity.failure"
+    # v2 only: a partner read a package's manifest and metadata, or the case's package list.
+    PACKAGE_VIEWED = "package.viewed"
 
 
 def _time_check(value: object) -> object:
@@ -66,16 +68,6 @@ def _is_int(value: object) -> object:
 
 
 Subject = Annotated[str, Field(min_length=1, max_length=500, strict=True, pattern=r"\S")]
-
-
-OfficerText = Annotated[str, Field(min_length=1, max_length=200, strict=True, pattern=r"\S")]
-
-
-class ActingOfficer(WireModel):
-    """The person acting through a client, as its signed assertion named them (v2 only)."""
-
-    sub: OfficerText
-    name: OfficerText | None = None
 
 
 class Actor(WireModel):
@@ -110,6 +102,8 @@ class LedgerEntry(WireModel):
                 raise ValueError("case_seq and case_prev need v 2")
             if self.actor.act is not None:
                 raise ValueError("actor.act needs v 2")
+            if self.action == Action.PACKAGE_VIEWED:
+                raise ValueError("package.viewed needs v 2")
         elif (self.case_id is None) != (self.case_seq is None) or (self.case_id is None) != (
             self.case_prev is None
         ):
@@ -196,7 +190,7 @@ def entry_bytes(wire: dict[str, Any]) -> bytes:
 
 
 @lru_cache(maxsize=1024)
-def _actor_wire(actor: Actor) -> dict[str, str]:
+def _actor_wire(actor: Actor) -> dict[str, Any]:
     # Requests of one client share one Actor; its plain form is the same every time.
     return actor.to_wire()
 

@@ -22,6 +22,7 @@ from exchange.errors import NotFoundError
 from exchange.grants import (
     CaseView,
     GrantView,
+    authorizing_grant,
     check_case_access,
     check_case_owner,
 )
@@ -34,9 +35,13 @@ AnyRow = Row[*tuple[Any, ...]]
 
 
 def actor_of(principal: Principal) -> Actor:
-    """The ledger actor for a request: the caller's agency, country and client id."""
+    """The ledger actor for a request: the caller's agency, country, client id and the officer
+    its token names (`act`), so every entry made with that token records who acted."""
     return Actor(
-        agency=principal.agency, country=principal.country, subject=f"client:{principal.client_id}"
+        agency=principal.agency,
+        country=principal.country,
+        subject=f"client:{principal.client_id}",
+        act=principal.act,
     )
 
 
@@ -50,7 +55,22 @@ def grant_view(row: GrantRow | AnyRow) -> GrantView:
         scope=frozenset(row.scope.split()),
         expires_at=row.expires_at,
         revoked_at=row.revoked_at,
+        legal_basis_type=row.legal_basis_type,
+        legal_basis_reference=row.legal_basis_reference,
     )
+
+
+def grant_detail(grant: GrantView | None) -> dict[str, Any] | None:
+    """The `grant` detail of an entry recording a read: the grant's id and legal basis.
+
+    None (recorded as JSON null) when the caller's agency owns the case and needs no grant.
+    """
+    if grant is None:
+        return None
+    return {
+        "grant_id": grant.grant_id,
+        "legal_basis": {"type": grant.legal_basis_type, "reference": grant.legal_basis_reference},
+    }
 
 
 def _view(case: CaseRow) -> CaseView:
@@ -72,6 +92,8 @@ _GRANTS_TO_COUNTRY = core_select(
     _GRANT.c.scope,
     _GRANT.c.expires_at,
     _GRANT.c.revoked_at,
+    _GRANT.c.legal_basis_type,
+    _GRANT.c.legal_basis_reference,
 ).where(_GRANT.c.case_id == bindparam("case_id"), _GRANT.c.grantee_country == bindparam("country"))
 
 
@@ -94,17 +116,29 @@ def _case_and_grants(
 
 def check_readable(
     session: Session, principal: Principal, case: CaseView, *, now: datetime
-) -> None:
+) -> GrantView | None:
     """`readable_case` for a case already read: its live grants are read now, unless owned.
 
-    Raises `NotFoundError` if the caller may not see the case.
+    Returns the grant the caller reads under (`authorizing_grant`), None for the owner. Raises
+    `NotFoundError` if the caller may not see the case.
     """
-    grants = (
-        []
-        if case.owner_agency == principal.agency
-        else _grants_for(session, principal, case.case_id)
-    )
+    if case.owner_agency == principal.agency:
+        return None
+    grants = _grants_for(session, principal, case.case_id)
     check_case_access(principal, case, grants, now=now)
+    return authorizing_grant(principal, case, grants, now=now)
+
+
+def readable_case_and_grant(
+    session: Session, principal: Principal, case_id: str, *, now: datetime
+) -> tuple[CaseRow, GrantView | None]:
+    """`readable_case`, and the grant the caller reads it under (None for the owner)."""
+    case, grants = _case_and_grants(session, principal, case_id)
+    if case is None:
+        raise NotFoundError("case not found")
+    view = _view(case)
+    check_case_access(principal, view, grants, now=now)
+    return case, authorizing_grant(principal, view, grants, now=now)
 
 
 def readable_case(
@@ -114,11 +148,7 @@ def readable_case(
 
     Raises `NotFoundError` for a missing case and for one the caller may not see alike.
     """
-    case, grants = _case_and_grants(session, principal, case_id)
-    if case is None:
-        raise NotFoundError("case not found")
-    check_case_access(principal, _view(case), grants, now=now)
-    return case
+    return readable_case_and_grant(session, principal, case_id, now=now)[0]
 
 
 def readable_case_row(

@@ -1,5 +1,8 @@
 """Fetching evidence: authorize, record `bundle.fetched` before the first byte, stream re-hashing.
 
+The entry names the grant the fetch was made under (id and legal basis), or `"grant": null`
+when the caller's agency owns the case.
+
 The stored object is checked before anything is recorded or sent: its size always, and a small
 object (up to `HELD_MAX_BYTES`) is read and hashed whole, so a corrupt one is refused with a
 problem answer and no byte of it leaves. A larger object is hashed while streaming, holding
@@ -18,12 +21,17 @@ from sqlalchemy import Engine, Table, bindparam, select
 from sqlmodel import Session
 
 from exchange.errors import BlobNotFoundError, NotFoundError, StoredObjectCorruptError
-from exchange.grants import CaseView, check_scope
+from exchange.grants import CaseView, GrantView, check_scope
 from exchange.ledger.entry import Action, NewEntry
 from exchange.ledger.signer import LogSigner
 from exchange.model import Principal
 from exchange.package import check_path
-from exchange.service.access import actor_of, check_readable, readable_case
+from exchange.service.access import (
+    actor_of,
+    check_readable,
+    grant_detail,
+    readable_case_and_grant,
+)
 from exchange.service.packages import SEALED, visible_package
 from exchange.storage import ledger_store
 from exchange.storage.blobstore import BlobReader, BlobStore
@@ -44,6 +52,8 @@ class StoredFile:
     sha256: str
     media_type: str
     blob_key: str
+    # The grant the caller fetches under; None when its agency owns the case.
+    grant: GrantView | None = None
 
 
 # Files up to this size are read and verified whole in the worker thread that opened them.
@@ -127,7 +137,7 @@ def _fetchable(
         return _fetchable_stepwise(session, principal, now, case_id, package_id, path)
     # The checks of `_fetchable_stepwise`, in its order, on the row read at once: a sealed
     # package is visible to whoever may read its case.
-    check_readable(session, principal, CaseView(case_id, found.owner_agency), now=now)
+    grant = check_readable(session, principal, CaseView(case_id, found.owner_agency), now=now)
     check_scope(principal, "evidence:read")
     check_path(path)
     return StoredFile(
@@ -138,13 +148,14 @@ def _fetchable(
         sha256=found.sha256,
         media_type=found.media_type,
         blob_key=found.blob_key,
+        grant=grant,
     )
 
 
 def _fetchable_stepwise(
     session: Session, principal: Principal, now: datetime, case_id: str, package_id: str, path: str
 ) -> StoredFile:
-    case = readable_case(session, principal, case_id, now=now)
+    case, grant = readable_case_and_grant(session, principal, case_id, now=now)
     package = visible_package(session, principal, case, package_id)
     if package.state != SEALED:
         raise NotFoundError("package not found")
@@ -161,6 +172,7 @@ def _fetchable_stepwise(
         sha256=row.sha256,
         media_type=row.media_type,
         blob_key=row.blob_key,
+        grant=grant,
     )
 
 
@@ -235,7 +247,12 @@ def open_file(
                     action=Action.BUNDLE_FETCHED,
                     case_id=target.case_id,
                     package_id=target.package_id,
-                    details={"files": [target.path], "file_count": 1, "bytes": target.size},
+                    details={
+                        "files": [target.path],
+                        "file_count": 1,
+                        "bytes": target.size,
+                        "grant": grant_detail(target.grant),
+                    },
                 ),
                 log=log,
                 now=now,

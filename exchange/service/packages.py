@@ -20,12 +20,18 @@ from exchange.errors import (
     PayloadTooLargeError,
     VerificationError,
 )
-from exchange.grants import check_scope
+from exchange.grants import CaseView, GrantView, check_scope, is_case_owner
 from exchange.ledger.entry import Action, NewEntry
 from exchange.ledger.signer import LogSigner
 from exchange.model import Manifest, Principal, canonical_bytes, parse_json
 from exchange.package import check_path, load_manifest, verify_manifest
-from exchange.service.access import actor_of, owned_case, readable_case
+from exchange.service.access import (
+    actor_of,
+    grant_detail,
+    owned_case,
+    readable_case,
+    readable_case_and_grant,
+)
 from exchange.service.agencies import trust_store, trusted_key
 from exchange.storage import ledger_store
 from exchange.storage.blobstore import BlobStore, Readable
@@ -359,17 +365,56 @@ def seal_package(
     return package
 
 
+def record_partner_view(
+    session: Session,
+    *,
+    log: LogSigner,
+    principal: Principal,
+    now: datetime,
+    case: CaseRow,
+    grant: GrantView | None,
+    details: dict[str, Any],
+    package_id: str | None = None,
+) -> None:
+    """Append `package.viewed` for a read by a caller outside the owning agency; owners' reads
+    are not recorded. In the read's own transaction: the answer goes out only once it commits."""
+    if is_case_owner(principal, CaseView(case.id, case.owner_agency)):
+        return
+    ledger_store.append(
+        session,
+        NewEntry(
+            actor=actor_of(principal),
+            action=Action.PACKAGE_VIEWED,
+            case_id=case.id,
+            package_id=package_id,
+            details={**details, "grant": grant_detail(grant)},
+        ),
+        log=log,
+        now=now,
+    )
+
+
 def list_packages(
-    session: Session, *, principal: Principal, now: datetime, case_id: str
+    session: Session, *, log: LogSigner, principal: Principal, now: datetime, case_id: str
 ) -> Sequence[PackageRow]:
-    """The packages of a case the caller may see."""
-    case = readable_case(session, principal, case_id, now=now)
+    """The packages of a case the caller may see; a partner's listing is recorded."""
+    case, grant = readable_case_and_grant(session, principal, case_id, now=now)
     rows = session.exec(
         select(PackageRow)
         .where(PackageRow.case_id == case.id)
         .order_by(col(PackageRow.created_at), col(PackageRow.id))
     ).all()
-    return [r for r in rows if r.state == SEALED or r.uploader_agency == principal.agency]
+    visible = [r for r in rows if r.state == SEALED or r.uploader_agency == principal.agency]
+    record_partner_view(
+        session,
+        log=log,
+        principal=principal,
+        now=now,
+        case=case,
+        grant=grant,
+        details={"view": "list", "package_count": len(visible)},
+    )
+    return visible
 
 
 def signer_entry(session: Session, key_id: str) -> dict[str, Any]:
@@ -393,8 +438,27 @@ def package_document(session: Session, row: PackageRow) -> dict[str, Any]:
 
 
 def get_package(
-    session: Session, *, principal: Principal, now: datetime, case_id: str, package_id: str
+    session: Session,
+    *,
+    log: LogSigner,
+    principal: Principal,
+    now: datetime,
+    case_id: str,
+    package_id: str,
 ) -> dict[str, Any]:
-    """One package the caller may see, with manifest, JWS and signer key."""
-    case = readable_case(session, principal, case_id, now=now)
-    return package_document(session, visible_package(session, principal, case, package_id))
+    """One package the caller may see, with manifest, JWS and signer key; a partner's read is
+    recorded."""
+    case, grant = readable_case_and_grant(session, principal, case_id, now=now)
+    row = visible_package(session, principal, case, package_id)
+    document = package_document(session, row)
+    record_partner_view(
+        session,
+        log=log,
+        principal=principal,
+        now=now,
+        case=case,
+        grant=grant,
+        package_id=row.id,
+        details={"view": "manifest", "manifest_sha256": row.manifest_sha256},
+    )
+    return document

@@ -56,7 +56,8 @@ def issue_token(
     The token carries the client's role scopes only, never one scope per granted case: which
     cases it may read is decided by the live grants on every request (docs/auth.md), so the
     token's size does not grow with the grants. A `client_id` sent beside the assertion must be
-    its issuer. Raises `UnauthenticatedError` for any failure.
+    its issuer. The officer the assertion names (`act`) is carried by the token. Raises
+    `UnauthenticatedError` for any failure.
     """
     verified = verify_client_assertion(
         assertion,
@@ -65,9 +66,9 @@ def issue_token(
         now=now,
         remember_jti=lambda jti, exp: remember_jti(session, jti, exp, now=now),
     )
-    if client_id is not None and client_id != verified:
+    if client_id is not None and client_id != verified.client_id:
         raise UnauthenticatedError("invalid client assertion: client_id is not the assertion's")
-    client = session.get(ClientRow, verified)
+    client = session.get(ClientRow, verified.client_id)
     agency = session.get(AgencyRow, client.agency_id) if client else None
     if client is None or agency is None:
         raise UnauthenticatedError("invalid client assertion: unknown client")
@@ -78,6 +79,7 @@ def issue_token(
         country=agency.country,
         role=role,
         now=now,
+        act=verified.act,
     )
     # Read back through the verifier: the answer states exactly what the token carries.
     issued = verifier.verify(token, now=now)

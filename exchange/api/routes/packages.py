@@ -165,10 +165,13 @@ def seal_package(
 
 @router.get("", response_model=None, responses=declare(PackageList, *AUTHENTICATED, 404, 422))
 def list_packages(
-    case_id: str, session: SessionDep, principal: PrincipalDep, now: NowDep
+    case_id: str, context: ContextDep, session: SessionDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:
-    """The packages of a case the caller may see (unsealed ones only to their uploader)."""
-    rows = packages.list_packages(session, principal=principal, now=now, case_id=case_id)
+    """The packages of a case the caller may see (unsealed ones only to their uploader); a
+    partner's listing is recorded in the ledger (`package.viewed`)."""
+    rows = packages.list_packages(
+        session, log=context.log, principal=principal, now=now, case_id=case_id
+    )
     return {"packages": [packages.package_summary(r) for r in rows]}
 
 
@@ -178,11 +181,22 @@ def list_packages(
     responses=declare(PackageDocument, *AUTHENTICATED, 404, 422),
 )
 def get_package(
-    case_id: str, package_id: str, session: SessionDep, principal: PrincipalDep, now: NowDep
+    case_id: str,
+    package_id: str,
+    context: ContextDep,
+    session: SessionDep,
+    principal: PrincipalDep,
+    now: NowDep,
 ) -> dict[str, Any]:
-    """One package: manifest, JWS, signer key and files."""
+    """One package: manifest, JWS, signer key and files; a partner's read is recorded in the
+    ledger (`package.viewed`)."""
     return packages.get_package(
-        session, principal=principal, now=now, case_id=case_id, package_id=package_id
+        session,
+        log=context.log,
+        principal=principal,
+        now=now,
+        case_id=case_id,
+        package_id=package_id,
     )
 
 
