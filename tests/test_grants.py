@@ -10,6 +10,7 @@ from exchange.errors import ForbiddenError, InvalidInputError, NotFoundError
 from exchange.grants import (
     CaseView,
     GrantView,
+    authorizing_grant,
     can_read_case,
     check_case_access,
     check_case_owner,
@@ -224,3 +225,25 @@ def test_bad_grant_request_is_refused(overrides: dict[str, object], message: str
     with pytest.raises(InvalidInputError) as info:
         new_grant(**overrides)
     assert info.value.message == message
+
+
+def test_the_authorizing_grant_is_the_narrowest_then_longest_live_one():
+    def named(grant_id: str, view: GrantView) -> GrantView:
+        return GrantView(**{**view.__dict__, "grant_id": grant_id})
+
+    wide_long = named("a-wide", grant(expires_at=NOW + timedelta(days=300)))
+    nbi_short = named("z-nbi", grant(agency="PH-NBI", expires_at=NOW + timedelta(days=3)))
+    nbi_long = named("y-nbi", grant(agency="PH-NBI", expires_at=NOW + timedelta(days=9)))
+    nbi_long_too = named("x-nbi", grant(agency="PH-NBI", expires_at=NOW + timedelta(days=9)))
+    revoked = named(
+        "0-nbi", grant(agency="PH-NBI", revoked_at=NOW, expires_at=NOW + timedelta(days=99))
+    )
+    other_case = named("1-nbi", grant(agency="PH-NBI", case_id=OTHER_CASE_ID))
+    grants = [wide_long, nbi_short, nbi_long, revoked, other_case, nbi_long_too]
+    for order in (grants, grants[::-1]):
+        assert authorizing_grant(PH_NBI, CASE, order, now=NOW) == nbi_long_too
+    assert authorizing_grant(PH_PNP, CASE, grants, now=NOW) == wide_long
+    assert authorizing_grant(PH_NBI, CASE, [revoked, other_case], now=NOW) is None
+    # The owner reads under no grant, even if one would cover it.
+    th_wide = named("th", grant("TH"))
+    assert authorizing_grant(TH, CASE, [th_wide], now=NOW) is None
