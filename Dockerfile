@@ -12,7 +12,7 @@ COPY pyproject.toml README.md ./
 COPY exchange ./exchange
 COPY schemas ./schemas
 COPY keys/README.md ./keys/README.md
-RUN pip install -e . && mkdir -p /var/lib/exchange && chown exchange /var/lib/exchange
+RUN pip install -e '.[server]' && mkdir -p /var/lib/exchange && chown exchange /var/lib/exchange
 
 USER exchange
 ENV EXCHANGE_DATA_DIR=/var/lib/exchange

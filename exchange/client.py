@@ -334,6 +334,18 @@ class ExchangeClient:
         """GET /v1/ledger/key; see `get_ledger_key`."""
         return get_ledger_key(self.base_url, http=self.http)
 
+    def ledger_checkpoint(self) -> dict[str, Any]:
+        """GET /v1/ledger/checkpoint: origin, tree_size, root_hash and the signed note."""
+        checkpoint: dict[str, Any] = self.get_json("/v1/ledger/checkpoint")
+        return checkpoint
+
+    def ledger_consistency(self, *, old: int, new: int) -> dict[str, Any]:
+        """GET /v1/ledger/consistency: the proof that tree size `new` extends size `old`."""
+        proof: dict[str, Any] = self.get_json(
+            "/v1/ledger/consistency", params={"old": old, "new": new}
+        )
+        return proof
+
     def custody(self, case_id: str) -> dict[str, Any]:
         """GET /v1/cases/{id}/custody: the custody bundle."""
         bundle: dict[str, Any] = self.get_json(f"/v1/cases/{_seg(case_id)}/custody")

@@ -14,7 +14,9 @@ from jsonschema import Draft202012Validator, FormatChecker
 
 from exchange.errors import InvalidInputError
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# exchange/schemas is a link to the repository's schemas/, so an installed wheel (which has no
+# repository around it) carries the same files as package data.
+SCHEMA_DIR = Path(__file__).resolve().parent / "schemas"
 
 _format_checker = FormatChecker(formats=())
 

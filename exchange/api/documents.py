@@ -321,11 +321,15 @@ class ProofDocument(Document):
 
 
 class LedgerKey(Document):
-    """The ledger's public key: PEM, and the C2SP verifier key."""
+    """The ledger's public key: PEM, the C2SP verifier key, and its fingerprint to publish."""
 
     origin: str
     public_key_pem: str
     vkey: str
+    fingerprint: str = Field(
+        pattern="^[0-9a-f]{4}( [0-9a-f]{4}){15}$",
+        description="SHA-256 of the raw 32-byte Ed25519 public key, lowercase hex in groups of 4",
+    )
 
 
 class CheckpointDocument(Document):

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import httpx
 from rich.markup import escape
 
+from exchange.cli.checkpoints import LogCheck, check_exchange_log
 from exchange.cli.output import CommandError, DelayedProgress, print_json, stderr, stdout
 from exchange.cli.profile import Profile
 from exchange.client import ClientError, ExchangeClient, file_url
@@ -650,6 +651,8 @@ def fetch_command(args: argparse.Namespace) -> int:
         raise CommandError(exc.message) from exc
     with session(args.profile) as client, Bars("downloading") as bars:
         try:
+            # Before any download: a rewritten log must not go unnoticed behind new evidence.
+            log = check_exchange_log(client)
             fetched = fetch_case(
                 client, args.case, args.out, trust=trust, on_start=bars.start, on_bytes=bars.advance
             )
@@ -666,4 +669,22 @@ def fetch_command(args: argparse.Namespace) -> int:
             markup=True,
         )
         say(f"  {p.folder}")
+    say_log_check(log)
     return 0
+
+
+def say_log_check(log: LogCheck) -> None:
+    """What the ledger check before a fetch showed, and where the pinned key came from."""
+    size = log.current.size
+    if log.seen is None:
+        say(
+            f"ledger {log.origin} at tree size {size}: first seen by this client; its key is now pinned"
+        )
+        say(f"  vkey         {log.vkey}")
+        say(f"  fingerprint  {log.fingerprint}")
+        say("  compare them with the ones the exchange's operator published")
+    else:
+        say(
+            f"ledger {log.origin} at tree size {size} extends the checkpoint at size "
+            f"{log.seen.size} this client saw before"
+        )

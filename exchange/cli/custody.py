@@ -7,18 +7,21 @@ import base64
 import json
 import os
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from rich.markup import escape
 
+from exchange.cli.checkpoints import check_exchange_log, compare_with_seen
 from exchange.cli.client import add_profile, say, session
 from exchange.cli.output import CommandError, DelayedProgress, print_json, stdout
 from exchange.custody import CustodyReport, timeline_lines, verify_bundle
 from exchange.errors import ExchangeError, VerificationError
+from exchange.ledger.checkpoint import Checkpoint, key_fingerprint, vkey_text
 from exchange.model import parse_json
-from exchange.signing import load_public_key_pem
+from exchange.signing import PublicKey, load_public_key_pem
 from exchange.trust import TrustStore
 
 
@@ -61,6 +64,11 @@ def register(subparsers: Any) -> None:
     verify.add_argument(
         "--trust", type=Path, help="verify signers with this trust store, not the bundle's keys"
     )
+    verify.add_argument(
+        "--profile",
+        help="also ask this profile's exchange to prove its current log extends the bundle's "
+        "checkpoint and the last one this client saw (default: offline, no request)",
+    )
     verify.add_argument("--json", action="store_true", help="machine-readable result")
     verify.set_defaults(handler=verify_command)
 
@@ -102,12 +110,18 @@ def log_key_command(args: argparse.Namespace) -> int:
         key = client.ledger_key()
     try:
         pem = str(key["public_key_pem"])
-        load_public_key_pem(pem.encode("ascii"))
+        public_key = load_public_key_pem(pem.encode("ascii"))
+        origin = str(key["origin"])
+        if not isinstance(public_key, Ed25519PublicKey):
+            raise CommandError("the exchange's ledger key is not Ed25519")
+        vkey = vkey_text(origin, public_key)
     except (KeyError, UnicodeEncodeError, ExchangeError) as exc:
         raise CommandError(f"the exchange sent no usable ledger key: {exc}") from exc
     write_atomically(args.out, pem.encode("ascii"))
-    say(f"saved the ledger key of {key.get('origin', '?')} to {args.out}")
-    say(f"  vkey  {key.get('vkey', '?')}")
+    say(f"saved the ledger key of {origin} to {args.out}")
+    # Both computed here from the PEM just saved, not copied from the exchange's answer.
+    say(f"  vkey  {vkey}")
+    say(f"  SHA-256 fingerprint  {key_fingerprint(public_key)}")
     say("  compare the vkey with the one the exchange's operator published before relying on it")
     return 0
 
@@ -142,6 +156,7 @@ def verify_command(args: argparse.Namespace) -> int:
                 files=args.files,
                 on_bytes=progress.advance,
             )
+        ledger = check_ledger(bundle, report, log_key=log_key, profile=args.profile)
     except VerificationError as exc:
         if args.json:
             print_json({"ok": False, "error": {"reason": exc.reason, "message": exc.message}})
@@ -150,10 +165,60 @@ def verify_command(args: argparse.Namespace) -> int:
     if args.json:
         result = asdict(report)
         result["root_hash"] = base64.b64encode(report.root_hash).decode()
-        print_json({"ok": True, **result})
+        print_json({"ok": True, **result, "ledger": asdict(ledger)})
         return 0
-    print_report(report)
+    print_report(report, ledger)
     return 0
+
+
+@dataclass(frozen=True)
+class LedgerCheck:
+    """The ledger key a bundle verified under, and how its checkpoint compares with others seen."""
+
+    vkey: str
+    fingerprint: str
+    last_seen_size: int | None
+    exchange_size: int | None
+    log: str
+
+
+def check_ledger(
+    bundle: Any, report: CustodyReport, *, log_key: PublicKey, profile: str | None
+) -> LedgerCheck:
+    """Pin the ledger key and compare the bundle's checkpoint with the last one seen.
+
+    With `profile`, the exchange must also prove that its current log extends both (see
+    `check_exchange_log`). Raises `VerificationError` if the key changed or the log was
+    rewritten.
+    """
+    if not isinstance(log_key, Ed25519PublicKey):  # verify_bundle refused it already
+        raise VerificationError("the ledger key must be Ed25519", reason="bad_log_key")
+    vkey = vkey_text(report.origin, log_key)
+    checkpoint = Checkpoint(report.origin, report.tree_size, report.root_hash)
+    fingerprint = key_fingerprint(log_key)
+    if profile is not None:
+        with session(profile) as client:
+            online = check_exchange_log(
+                client, log_key=log_key, origin=report.origin, also=[checkpoint]
+            )
+        seen_size = online.seen.size if online.seen is not None else None
+        log = f"the exchange's log at tree size {online.current.size} extends this checkpoint" + (
+            f" and the one at size {seen_size} seen before" if seen_size is not None else ""
+        )
+        return LedgerCheck(vkey, fingerprint, seen_size, online.current.size, log)
+    seen = compare_with_seen(
+        origin=report.origin, vkey=vkey, note=str(bundle["checkpoint"]), checkpoint=checkpoint
+    )
+    if seen is None:
+        log = "first checkpoint of this ledger seen here: saved, and the key pinned"
+    elif seen.size == checkpoint.size:
+        log = f"same root as the checkpoint at size {seen.size} seen before"
+    else:
+        log = (
+            f"not compared with the checkpoint at size {seen.size} seen before "
+            "(give --profile to have the exchange prove consistency)"
+        )
+    return LedgerCheck(vkey, fingerprint, seen.size if seen else None, None, log)
 
 
 def _file_bytes(bundle: Any) -> int:
@@ -164,11 +229,15 @@ def _file_bytes(bundle: Any) -> int:
         return 0
 
 
-def print_report(report: CustodyReport) -> None:
+def print_report(report: CustodyReport, ledger: LedgerCheck) -> None:
     """The court-readable summary and timeline."""
     root = base64.b64encode(report.root_hash).decode()
     stdout.print(f"[bold green]VERIFIED[/] custody of case {escape(report.case_id)}", markup=True)
     say(f"  ledger    {report.origin}, tree size {report.tree_size}, root {root}")
+    say(f"  log key   vkey {ledger.vkey}")
+    say(f"            SHA-256 fingerprint {ledger.fingerprint}")
+    say("            (compare both with the ones the exchange's operator published)")
+    say(f"  log       {ledger.log}")
     if report.case_entries is None:
         say(f"  entries   {len(report.events)}, each proved against that one signed checkpoint")
         say("  complete  NOT PROVEN: a v1 bundle cannot show that no entry was left out")

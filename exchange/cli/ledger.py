@@ -6,23 +6,27 @@ import argparse
 import base64
 import os
 import time
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.markup import escape
-from sqlalchemy.exc import SQLAlchemyError
 
 from exchange.cli.output import CommandError, print_json, stdout
+from exchange.cli.server import with_server
 from exchange.errors import ExchangeError, VerificationError
 from exchange.keyfiles import ledger_key
 from exchange.ledger import casechain
 from exchange.ledger.proof import verify_proof_document
 from exchange.ledger.signer import LogVerifier
 from exchange.model import parse_json
-from exchange.settings import Settings
 from exchange.signing import load_public_key_pem
-from exchange.storage import ledger_store
-from exchange.storage.db import make_engine, session_scope
+
+if TYPE_CHECKING:
+    from exchange.settings import Settings
+
+# NOTE: `verify` and `proof` read the exchange's database, so they import SQLAlchemy and the
+# storage layer when run; `check-proof` is offline and must work with the base install alone.
 
 
 def register(subparsers: Any) -> None:
@@ -102,6 +106,16 @@ def _database_url(args: argparse.Namespace, settings: Settings) -> str:
 
 def verify_command(args: argparse.Namespace) -> int:
     """Handle `exchange ledger verify`: exit 0 with a summary, 1 naming the first bad seq."""
+    return with_server("ledger verify", partial(_verify_stored, args))
+
+
+def _verify_stored(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from exchange.settings import Settings
+    from exchange.storage import ledger_store
+    from exchange.storage.db import make_engine, session_scope
+
     settings = Settings()
     verifier = _log_verifier(args, settings)
     engine = make_engine(_database_url(args, settings))
@@ -136,6 +150,16 @@ def verify_command(args: argparse.Namespace) -> int:
 
 def proof_command(args: argparse.Namespace) -> int:
     """Handle `exchange ledger proof`: print the proof JSON (schemas/proof.v1.json)."""
+    return with_server("ledger proof", partial(_print_proof, args))
+
+
+def _print_proof(args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from exchange.settings import Settings
+    from exchange.storage import ledger_store
+    from exchange.storage.db import make_engine, session_scope
+
     settings = Settings()
     engine = make_engine(_database_url(args, settings))
     try:

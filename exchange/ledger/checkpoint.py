@@ -128,6 +128,16 @@ def vkey_text(name: str, public_key: Ed25519PublicKey) -> str:
     return f"{name}+{checkpoint_key_id(name, public_key).hex()}+{base64.b64encode(key).decode()}"
 
 
+def key_fingerprint(public_key: Ed25519PublicKey) -> str:
+    """SHA-256 of the raw 32-byte Ed25519 public key, lowercase hex in 16 groups of 4.
+
+    Unlike the 4-byte key id of a vkey, this names the key alone (not the key name) with a
+    collision-resistant hash, so an operator can publish it and a reader compare it by eye.
+    """
+    digest = hashlib.sha256(_raw(public_key)).hexdigest()
+    return " ".join(digest[i : i + 4] for i in range(0, len(digest), 4))
+
+
 def parse_vkey(text: str) -> NoteVerifier:
     """The verifier named by vkey `text`; raises `InvalidInputError` if malformed or inconsistent."""
     # The base64 key may itself contain "+", and names may not: split on the first two only.

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from exchange.errors import InvalidInputError
-from exchange.ledger.checkpoint import Checkpoint, sign_checkpoint, verify_checkpoint, vkey_text
+from exchange.ledger.checkpoint import (
+    Checkpoint,
+    key_fingerprint,
+    sign_checkpoint,
+    verify_checkpoint,
+    vkey_text,
+)
 from exchange.signing import PublicKey, Signer
 
 
@@ -37,6 +43,11 @@ class LogSigner:
     def vkey(self) -> str:
         """The C2SP verifier key text partners pin (``<origin>+<key id>+<base64 key>``)."""
         return vkey_text(self.origin, self.private_key.public_key())
+
+    @property
+    def fingerprint(self) -> str:
+        """`key_fingerprint` of the public key: what an operator publishes beside the vkey."""
+        return key_fingerprint(self.private_key.public_key())
 
 
 @dataclass(frozen=True)

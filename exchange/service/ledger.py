@@ -22,11 +22,12 @@ def _b64(data: bytes) -> str:
 
 
 def ledger_key(log: LogSigner) -> dict[str, str]:
-    """The ledger's public key: PEM, and the C2SP verifier key text partners pin."""
+    """The ledger's public key: PEM, the C2SP verifier key text partners pin, its fingerprint."""
     return {
         "origin": log.origin,
         "public_key_pem": public_key_pem(log.private_key.public_key()),
         "vkey": log.vkey,
+        "fingerprint": log.fingerprint,
     }
 
 

@@ -19,7 +19,7 @@ MAX_INDEX = 2**63 - 1
 
 @router.get("/key", response_model=None, responses=declare(LedgerKey, *UNEXPECTED))
 def get_ledger_key(context: ContextDep) -> dict[str, str]:
-    """The ledger's public key (PEM) and C2SP verifier key: pin it to verify offline."""
+    """The ledger's public key (PEM), C2SP verifier key and fingerprint: pin it to verify offline."""
     return ledger.ledger_key(context.log)
 
 
