@@ -98,3 +98,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path / 'exchange.db'}"
     url: str = request.getfixturevalue("fresh_pg_url")
     return url
+
+
+@pytest.fixture(autouse=True)
+def _client_config_dir(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Keep every test's saved profiles and pinned ledger checkpoints out of the home folder."""
+    monkeypatch.setenv("EXCHANGE_CONFIG_DIR", str(tmp_path_factory.mktemp("client-config")))
