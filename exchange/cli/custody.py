@@ -51,7 +51,10 @@ def register(subparsers: Any) -> None:
         help="verify a custody bundle offline and print the custody timeline",
         description="Checks the checkpoint signature, every inclusion proof, the hash chain, "
         "every manifest against its sealed digest and signature, and (with --files) every "
-        "file. Exit 0 when all hold; 1 naming the first failure.",
+        "file. It prints the ledger key's vkey and SHA-256 fingerprint to compare with the "
+        "published ones, and checks the bundle's checkpoint against the last one this client "
+        "saw (with --profile, the exchange must prove its log extends both). Exit 0 when all "
+        "hold; 1 naming the first failure.",
     )
     verify.add_argument("bundle", type=Path, metavar="BUNDLE.json")
     verify.add_argument(
