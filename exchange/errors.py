@@ -14,11 +14,16 @@ The tree::
     ├── VerificationError              "verification_failed"  signature, digest or proof does not hold
     │   └── IntegrityFailureError      "integrity_failure"    stored bytes no longer match the record
     │       └── StoredObjectCorruptError "stored_object_corrupt" a stored evidence object, found on fetch
-    ├── UnavailableError               "unavailable"          a backend is down; retry later
+    ├── UnavailableError               "unavailable"          a backend is busy or down; retry later
+    │   ├── DatabaseUnavailableError   "database_unavailable" the database does not answer
+    │   └── StorageUnavailableError    "storage_unavailable"  the object store does not answer
     └── StorageError                   "storage_error"        a backend failed in an unexpected way
 
 Every error carries a human message; `VerificationError` also carries a stable machine `reason`
-(e.g. ``hash_mismatch``) and, where one file is at fault, its ``path``.
+(e.g. ``hash_mismatch``) and, where one file is at fault, its ``path``. Errors translated from a
+driver (SQL, S3, the file system) keep the driver's exception as their ``__cause__`` for the
+server log; their message stays plain, and the HTTP layer never shows a server-side error's
+message to a caller anyway (see `exchange.api.errors`).
 """
 
 from __future__ import annotations
@@ -119,6 +124,18 @@ class UnavailableError(ExchangeError):
     def __init__(self, message: str, *, retry_after: int = 5) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class DatabaseUnavailableError(UnavailableError):
+    """The database does not answer or is busy; the caller should retry."""
+
+    code = "database_unavailable"
+
+
+class StorageUnavailableError(UnavailableError):
+    """The object store does not answer in time; the caller should retry."""
+
+    code = "storage_unavailable"
 
 
 class StorageError(ExchangeError):

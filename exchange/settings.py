@@ -45,6 +45,16 @@ class Settings(BaseSettings):
     s3_region: str | None = None
     s3_object_lock: bool = False
     s3_retention_days: int = Field(default=3650, ge=1)
+    # A frozen or unreachable store must fail a request in seconds: each S3 call gives up after
+    # (connect + read timeout) x (retries + 1) plus a short backoff, about 20 s by default.
+    s3_connect_timeout: float = Field(default=2.0, gt=0, description="seconds to open a connection")
+    s3_read_timeout: float = Field(
+        default=10.0, gt=0, description="seconds of silence from the store before an attempt fails"
+    )
+    s3_retries: int = Field(default=1, ge=0, le=10, description="retries of a failed S3 call")
+    health_timeout: float = Field(
+        default=2.0, gt=0, le=60, description="deadline in seconds of /readyz and /healthz"
+    )
 
     issuer_key_path: Path | None = Field(
         default=None, description="Ed25519 PEM signing access tokens; default: dev key in data_dir"

@@ -399,7 +399,7 @@ def test_local_disk_full_is_unavailable_and_leaves_nothing(tmp_path: Path):
         pytest.skip(f"cannot mount tmpfs here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
     outcome = json.loads(result.stdout)
-    assert outcome["error"] == "UnavailableError"
+    assert outcome["error"] == "StorageUnavailableError"
     assert outcome["message"].startswith("no space left to store sha256/")
     assert outcome["retry_after"] == 60
     assert outcome["files"] == []

@@ -67,6 +67,9 @@ def blob_store(settings: Settings) -> BlobStore:
             region=settings.s3_region,
             object_lock=settings.s3_object_lock,
             retention_days=settings.s3_retention_days,
+            connect_timeout=settings.s3_connect_timeout,
+            read_timeout=settings.s3_read_timeout,
+            retries=settings.s3_retries,
         )
         store.ensure_bucket()
         return store

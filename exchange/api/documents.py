@@ -44,6 +44,16 @@ class Document(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+Probe = Literal["ok", "timeout", "failed"]
+
+
+class Checks(Document):
+    """Each dependency's readiness probe: answered ("ok"), not in time, or failed."""
+
+    database: Probe
+    storage: Probe
+
+
 class Problem(BaseModel):
     """An RFC 9457 problem document (`application/problem+json`), the body of every API error."""
 
@@ -65,6 +75,16 @@ class Problem(BaseModel):
         description="Stable machine reason of a verification failure.",
     )
     path: str | None = Field(default=None, description="The package file at fault, if any.")
+    incident: str | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra=_no_default,
+        description="Id of a server-side failure (5xx); the server log holds its cause.",
+    )
+    checks: Checks | SkipJsonSchema[None] = Field(
+        default=None,
+        json_schema_extra=_no_default,
+        description="The readiness probes, on a 503 of /readyz or /healthz.",
+    )
 
 
 class OAuthError(Document):
@@ -126,11 +146,25 @@ class AuthorizationServerMetadata(BaseModel):
     service_documentation: str | SkipJsonSchema[None] = ABSENT
 
 
+class Alive(Document):
+    """The process serves requests (no dependency was asked)."""
+
+    status: Literal["alive"]
+
+
+class Ready(Document):
+    """The database and the object store answered within the health deadline."""
+
+    status: Literal["ready"]
+    checks: Checks
+
+
 class Health(Document):
     """The node answers and its database and object store do."""
 
     status: Literal["ok"]
     ledger_origin: str
+    checks: Checks
 
 
 class CaseDocument(Document):

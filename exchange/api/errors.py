@@ -2,11 +2,19 @@
 
 Routes never raise HTTPException for business rules; they let `ExchangeError`s through and the
 handlers here answer. Unknown exceptions stay 500s and are logged with their traceback.
+
+Server-side failures (5xx) never show their message to the caller: it may name hosts, ports,
+buckets or carry a driver's text. Their body has the stable `type`, a fixed plain `detail` per
+kind of failure and an `incident` id; the server log line carrying the same id holds the
+message and the whole chain of causes. A database failure answers the same wherever it happens
+(inside a ledger append or not): 503 `database_unavailable` when the database does not answer,
+500 `internal_error` for any other database error.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any, Final
 
 from fastapi import FastAPI, Request
@@ -20,6 +28,7 @@ from exchange.errors import (
     BlobNotFoundError,
     ConflictError,
     CredentialsMissingError,
+    DatabaseUnavailableError,
     ExchangeError,
     ForbiddenError,
     IntegrityFailureError,
@@ -27,6 +36,7 @@ from exchange.errors import (
     NotFoundError,
     PayloadTooLargeError,
     StorageError,
+    StorageUnavailableError,
     StoredObjectCorruptError,
     UnauthenticatedError,
     UnavailableError,
@@ -54,8 +64,22 @@ STATUS: Final[dict[type[ExchangeError], int]] = {
     IntegrityFailureError: 502,  # our stored bytes went bad: a server-side fault, never the caller's
     StoredObjectCorruptError: 502,
     UnavailableError: 503,
+    DatabaseUnavailableError: 503,
+    StorageUnavailableError: 503,
     StorageError: 502,
 }
+
+# The `detail` a caller sees for a server-side failure (nearest class); the message stays in the
+# log. VerificationError subclasses (integrity failures) keep their own message: the exchange
+# composes it from its own records (path, reason), never from a driver's text.
+PLAIN_DETAIL: Final[dict[type[ExchangeError], str]] = {
+    ExchangeError: "an unexpected error occurred",
+    UnavailableError: "the service is busy or a backend is unavailable; retry later",
+    DatabaseUnavailableError: "the database is unavailable or busy; retry later",
+    StorageUnavailableError: "the evidence store is not answering; retry later",
+    StorageError: "the evidence store failed",
+}
+INTERNAL_ERROR_DETAIL: Final = "an unexpected error occurred"
 
 _HTTP_CODES: Final = {404: "not_found", 405: "method_not_allowed", 401: "unauthenticated"}
 
@@ -66,6 +90,35 @@ def status_for(exc: ExchangeError) -> int:
         if cls in STATUS:
             return STATUS[cls]
     return 500
+
+
+def plain_detail(exc: ExchangeError) -> str:
+    """What a caller may read about `exc`: its message for a 4xx (or an integrity failure),
+    else the fixed text of its kind of server-side failure."""
+    if status_for(exc) < 500 or isinstance(exc, VerificationError):
+        return exc.message
+    for cls in type(exc).__mro__:
+        if cls in PLAIN_DETAIL:
+            return PLAIN_DETAIL[cls]
+    return INTERNAL_ERROR_DETAIL
+
+
+def new_incident() -> str:
+    """A fresh incident id: shown to the caller, and logged next to the full cause."""
+    return str(uuid.uuid4())
+
+
+def causes(exc: BaseException) -> str:
+    """`exc` and every exception it was raised from, as one log-friendly line."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = " ".join(str(current).split())  # drivers' messages span lines; a log line doesn't
+        parts.append(f"{type(current).__module__}.{type(current).__qualname__}: {text}")
+        current = current.__cause__ or current.__context__
+    return " <- caused by ".join(parts)
 
 
 def problem_type(code: str) -> str:
@@ -116,8 +169,15 @@ def exchange_error_response(exc: ExchangeError) -> JSONResponse:
         extra["reason"] = exc.reason
         extra["path"] = exc.path
     if status >= 500:
-        logger.warning("%s: %s", type(exc).__name__, exc.message)
-    return problem(status, exc.code, _title(type(exc)), exc.message, headers=headers, **extra)
+        extra["incident"] = incident = new_incident()
+        if isinstance(exc, UnavailableError):
+            # An outage is expected operations, not a bug: one line, no traceback.
+            logger.warning("incident %s: %s %s: %s", incident, status, exc.code, causes(exc))
+        else:
+            logger.error(
+                "incident %s: %s %s: %s", incident, status, exc.code, causes(exc), exc_info=exc
+            )
+    return problem(status, exc.code, _title(type(exc)), plain_detail(exc), headers=headers, **extra)
 
 
 async def _on_exchange_error(_request: Request, exc: Exception) -> JSONResponse:
@@ -146,10 +206,12 @@ async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _on_database_down(_request: Request, exc: Exception) -> JSONResponse:
-    logger.warning("database unavailable: %s", exc)
-    return exchange_error_response(
-        UnavailableError("the database is unavailable; retry later", retry_after=DB_RETRY_AFTER)
+    # The same answer as an OperationalError translated inside a ledger append.
+    translated = DatabaseUnavailableError(
+        "the database is unavailable or busy", retry_after=DB_RETRY_AFTER
     )
+    translated.__cause__ = exc
+    return exchange_error_response(translated)
 
 
 async def _on_client_gone(_request: Request, _exc: Exception) -> JSONResponse:
@@ -163,8 +225,13 @@ async def _on_client_gone(_request: Request, _exc: Exception) -> JSONResponse:
 
 async def _on_unknown(_request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises after answering, so the server logs the traceback as well.
-    logger.error("unhandled %s", type(exc).__name__, exc_info=exc)
-    return problem(500, "internal_error", "Internal server error", "an unexpected error occurred")
+    incident = new_incident()
+    logger.error(
+        "incident %s: 500 internal_error: unhandled %s", incident, causes(exc), exc_info=exc
+    )
+    return problem(
+        500, "internal_error", "Internal server error", INTERNAL_ERROR_DETAIL, incident=incident
+    )
 
 
 def install(app: FastAPI) -> None:

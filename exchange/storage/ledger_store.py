@@ -32,15 +32,15 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from exchange.errors import (
+    DatabaseUnavailableError,
     IntegrityFailureError,
     InvalidInputError,
     NotFoundError,
     StorageError,
-    UnavailableError,
 )
 from exchange.ledger import casechain, merkle, tlog
 from exchange.ledger.audit import (
@@ -266,8 +266,9 @@ def append_many(
     Runs in the caller's transaction and never commits; takes the append lock first.
     Raises `InvalidInputError` for an entry that does not fit the schema,
     `IntegrityFailureError` if the stored log no longer ends at its latest checkpoint,
-    `UnavailableError` if the database is busy or down and `StorageError` for any other
-    database failure; in every case the caller's transaction must roll back.
+    `DatabaseUnavailableError` if the database is busy or down; any other database error goes
+    through untranslated, as it does outside the ledger (the API answers both alike). In every
+    case the caller's transaction must roll back.
     """
     if not news:
         raise InvalidInputError("append_many: no entries")
@@ -323,12 +324,10 @@ def append_many(
             [(size, note, time_value)],
         )
     except OperationalError as exc:
-        raise UnavailableError(
-            f"ledger append failed: database unavailable or busy: {exc.orig}"
+        # The driver's text (hosts, backend messages) stays in the cause, for the server log.
+        raise DatabaseUnavailableError(
+            "ledger append failed: the database is unavailable or busy"
         ) from exc
-    except SQLAlchemyError as exc:
-        cause = getattr(exc, "orig", None) or exc
-        raise StorageError(f"ledger append failed: {exc.__class__.__name__}: {cause}") from exc
     return [AppendedEntry(seq=s, entry_hash=h, data=d, checkpoint=note) for s, h, d in appended]
 
 

@@ -10,7 +10,7 @@ fsynced (every `SYNC_EVERY` bytes and at the end, its pages dropped from the pag
 synced), verified, then hard-linked to its final name and the directory fsynced. `os.link`
 refuses to replace an existing name, so a blob once published is never overwritten, not even
 by a concurrent upload of the same content. A full disk (ENOSPC/EDQUOT) raises
-`UnavailableError` (HTTP 503: the upload may be retried once an operator made room); other
+`StorageUnavailableError` (HTTP 503: the upload may be retried once an operator made room); other
 OS errors raise `StorageError`. A process killed mid-write can leave a ``*.part`` file in
 `staging/`, never a partial blob.
 """
@@ -29,7 +29,7 @@ from exchange.errors import (
     BlobNotFoundError,
     IntegrityFailureError,
     StorageError,
-    UnavailableError,
+    StorageUnavailableError,
 )
 from exchange.storage.blobstore import (
     BODY_CHUNK_SIZE,
@@ -172,7 +172,9 @@ class LocalBlobStore:
         """Raise unless the blob directories exist and can be written."""
         for folder in (self.staging_dir, self._blob_dir):
             if not folder.is_dir():
-                raise UnavailableError(f"blob directory {folder} is missing (volume not mounted?)")
+                raise StorageUnavailableError(
+                    f"blob directory {folder} is missing (volume not mounted?)"
+                )
             if not os.access(folder, os.W_OK | os.X_OK):
                 raise StorageError(f"blob directory {folder} is not writable")
 
@@ -231,9 +233,9 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def _translated(exc: OSError, key: str) -> StorageError | UnavailableError:
+def _translated(exc: OSError, key: str) -> StorageError | StorageUnavailableError:
     if exc.errno in _DISK_FULL:
-        return UnavailableError(
+        return StorageUnavailableError(
             f"no space left to store {key}: {exc.strerror}", retry_after=DISK_FULL_RETRY_AFTER
         )
     return StorageError(f"local blob store failed on {key}: {exc}")

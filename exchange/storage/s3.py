@@ -33,9 +33,24 @@ a third to a half (docs/performance.md). Recommended on the bucket: a lifecycle 
 uploads after a day, for uploads cut off by a crash or an outage (they hold storage, never a
 readable object).
 
-Outages: the client's urllib3 pool has short connect/read timeouts and few retries, so a dead
-endpoint raises `UnavailableError` within seconds; the same store works again once the server
-is back. The `Minio` client is thread-safe: one store may serve every request thread.
+Outages: the client's urllib3 pool has short connect/read timeouts and few retries (urllib3's
+`Retry`, never a hand loop; POSTs are not retried after a read timeout, since they may have
+happened), so a dead or frozen endpoint raises `StorageUnavailableError` within
+(connect + read timeout) x (retries + 1) seconds, about 20 s with the defaults of
+`exchange.settings`; the same store works again once the server is back. A frozen server
+accepts connections (the kernel completes the handshake) and then never answers, so it is the
+read timeout that ends each attempt.
+
+A bucket that vanished (the store came back empty) is created again, with Object Lock when it
+is configured, by the next call that meets ``NoSuchBucket``: reads then find no object (a fetch
+records the missing evidence as an integrity failure) and uploads work again, with no restart.
+A call whose body was already streaming cannot be repeated: it answers `StorageUnavailableError`
+and its retry succeeds. If the bucket cannot be created (no permission), every call answers
+`StorageUnavailableError` until an operator creates it. docs/operations.md says what to do.
+
+Messages of the errors raised here are plain: the driver's exception (hosts, ports, bucket,
+S3 error text) is their ``__cause__``, for the server log. The `Minio` client is thread-safe:
+one store may serve every request thread.
 """
 
 from __future__ import annotations
@@ -44,11 +59,12 @@ import base64
 import io
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import certifi
 import urllib3
@@ -64,7 +80,7 @@ from exchange.errors import (
     BlobNotFoundError,
     IntegrityFailureError,
     StorageError,
-    UnavailableError,
+    StorageUnavailableError,
 )
 from exchange.storage.blobstore import (
     CHUNK_SIZE,
@@ -86,6 +102,18 @@ MAX_PARTS = 10_000  # S3's maximum number of parts: larger bodies get larger par
 DEFAULT_PART_SIZE = MIN_PART_SIZE
 _RETRYABLE_CODES = {"SlowDown", "ServiceUnavailable", "RequestTimeout", "InternalError"}
 _RETRYABLE_STATUS = (500, 502, 503, 504)
+# Defaults of the transport; `exchange.settings` carries the same values as EXCHANGE_S3_*.
+DEFAULT_CONNECT_TIMEOUT = 2.0
+DEFAULT_READ_TIMEOUT = 10.0
+DEFAULT_RETRIES = 1
+
+_T = TypeVar("_T")
+
+
+def _bucket_missing(exc: StorageUnavailableError) -> bool:
+    """True if the server answered NoSuchBucket: it came back empty, or the bucket was removed."""
+    cause = exc.__cause__
+    return isinstance(cause, S3Error) and cause.code == "NoSuchBucket"
 
 
 def _utc_now() -> datetime:
@@ -101,7 +129,7 @@ class ObjectRetention:
 
 
 class S3BlobReader:
-    """A stored object being streamed from S3; errors mid-stream raise `UnavailableError`."""
+    """A stored object being streamed from S3; errors mid-stream raise `StorageUnavailableError`."""
 
     def __init__(self, response: urllib3.BaseHTTPResponse, key: str) -> None:
         self._response = response
@@ -112,8 +140,8 @@ class S3BlobReader:
         try:
             data: bytes = self._response.read(n, decode_content=False)
         except (Urllib3Error, OSError) as exc:
-            raise UnavailableError(
-                f"object store connection lost reading {self._key}: {exc}"
+            raise StorageUnavailableError(
+                f"object store connection lost reading {self._key}"
             ) from exc
         return data
 
@@ -167,9 +195,9 @@ class S3BlobStore:
         retention_days: int = 3650,
         part_size: int = DEFAULT_PART_SIZE,
         *,
-        connect_timeout: float = 3.0,
-        read_timeout: float = 60.0,
-        retries: int = 2,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        read_timeout: float = DEFAULT_READ_TIMEOUT,
+        retries: int = DEFAULT_RETRIES,
         pool_size: int = 16,
         clock: Callable[[], datetime] = _utc_now,
     ) -> None:
@@ -185,6 +213,7 @@ class S3BlobStore:
         self._clock = clock
         self._lock_needs_checksum = False
         self._endpoint = endpoint
+        self._bucket_lock = threading.Lock()
         http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             maxsize=pool_size,
@@ -230,21 +259,28 @@ class S3BlobStore:
         part_size = self._part_size_for(size)
         # A failed upload leaves nothing to delete: the SDK aborted the multipart upload, or the
         # single PUT was never sent.
-        with self._translated(info.key):
-            if size <= part_size:
-                data = body.read(size) if size else b""
-                body.finish()  # verified in memory before anything is sent
-                result = self._put_whole(info, data)
-            else:
-                result = self._client.put_object(
-                    self.bucket,
-                    info.key,
-                    _VerifiedToTheEnd(body),  # type: ignore[arg-type]  # the SDK only calls read(n)
-                    length=size,
-                    part_size=part_size,
-                    num_parallel_uploads=1,  # one part in memory at a time
-                    retention=self._retention() if self.object_lock else None,
-                )
+        if size <= part_size:
+            data = body.read(size) if size else b""
+            body.finish()  # verified in memory before anything is sent
+            result = self._with_bucket(info.key, lambda: self._put_whole(info, data))
+        else:
+            try:
+                with self._translated(info.key):
+                    result = self._client.put_object(
+                        self.bucket,
+                        info.key,
+                        _VerifiedToTheEnd(body),  # type: ignore[arg-type]  # the SDK only calls read(n)
+                        length=size,
+                        part_size=part_size,
+                        num_parallel_uploads=1,  # one part in memory at a time
+                        retention=self._retention() if self.object_lock else None,
+                    )
+            except StorageUnavailableError as exc:
+                if _bucket_missing(exc):
+                    # The body has been read in part: it cannot be sent again from here, but
+                    # the caller's retry finds the bucket back.
+                    self._recreate_bucket()
+                raise
         if self.object_lock:
             self._lock(info.key, _real_version(result.version_id))
         return info
@@ -252,8 +288,7 @@ class S3BlobStore:
     def open(self, key: str) -> S3BlobReader:
         """The stored object, streaming."""
         digest_of_key(key)
-        with self._translated(key):
-            response = self._client.get_object(self.bucket, key)
+        response = self._with_bucket(key, lambda: self._client.get_object(self.bucket, key))
         return S3BlobReader(response, key)
 
     def exists(self, key: str) -> bool:
@@ -280,15 +315,18 @@ class S3BlobStore:
             except StorageError as exc:
                 raise StorageError(
                     f"the object store refused to delete {key} version {version} "
-                    f"(under object-lock retention?): {exc.message}"
+                    "(under object-lock retention?)"
                 ) from exc
 
     def check(self) -> None:
-        """Raise `UnavailableError` if the server does not answer, `StorageError` if no bucket."""
+        """Raise `StorageUnavailableError` unless the server answers and the bucket exists.
+
+        A missing bucket is created again first (see the module docstring).
+        """
         with self._translated(None):
             found = self._client.bucket_exists(self.bucket)
         if not found:
-            raise StorageError(f"bucket {self.bucket!r} does not exist on {self._endpoint}")
+            self._recreate_bucket()
 
     # -- S3-specific operations -------------------------------------------------------------
 
@@ -334,10 +372,53 @@ class S3BlobStore:
     def _head(self, key: str) -> Object | None:
         digest_of_key(key)
         try:
-            with self._translated(key):
-                return self._client.stat_object(self.bucket, key)
+            return self._with_bucket(key, lambda: self._client.stat_object(self.bucket, key))
         except BlobNotFoundError:
             return None
+
+    def _with_bucket(self, key: str | None, call: Callable[[], _T]) -> _T:
+        """`call()`, translated; once more after creating the bucket again if it vanished."""
+        try:
+            with self._translated(key):
+                return call()
+        except StorageUnavailableError as exc:
+            if not _bucket_missing(exc):
+                raise
+            self._recreate_bucket()
+        with self._translated(key):
+            return call()
+
+    def _recreate_bucket(self) -> None:
+        """Create the vanished bucket again (with Object Lock when configured), once.
+
+        Raises `StorageUnavailableError` if it cannot be created: the operator must create it,
+        and the store works again as soon as it exists.
+        """
+        with self._bucket_lock:  # one request recreates it; the others find it there
+            try:
+                with self._translated(None):
+                    if self._client.bucket_exists(self.bucket):
+                        return
+                self.ensure_bucket()
+            except StorageError as exc:
+                logger.error(
+                    "bucket %r on %s is missing and could not be created: create it%s; "
+                    "until then every storage call answers 503",
+                    self.bucket,
+                    self._endpoint,
+                    " with Object Lock" if self.object_lock else "",
+                    exc_info=exc,
+                )
+                raise StorageUnavailableError(
+                    "the bucket is missing and cannot be created"
+                ) from exc
+        logger.error(
+            "bucket %r on %s was missing: created it again%s. Objects stored before are gone "
+            "unless the store is restored; fetches of them are recorded as integrity failures",
+            self.bucket,
+            self._endpoint,
+            " with Object Lock" if self.object_lock else "",
+        )
 
     def _accept_existing(self, info: BlobInfo, existing: Object) -> None:
         if existing.size != info.size:
@@ -434,25 +515,26 @@ class S3BlobStore:
         except ServerError as exc:
             status = exc.status_code
             if status in _RETRYABLE_STATUS:
-                raise UnavailableError(f"object store answered HTTP {status}") from exc
+                raise StorageUnavailableError(f"object store answered HTTP {status}") from exc
             raise StorageError(f"object store answered HTTP {status}") from exc
         except InvalidResponseError as exc:
             # A non-S3 answer (e.g. a proxy's HTML 502 page) while the server behind is down.
-            raise UnavailableError(f"object store gave an invalid response: {exc}") from exc
+            raise StorageUnavailableError("object store gave an invalid response") from exc
         except (Urllib3Error, OSError) as exc:
-            raise UnavailableError(f"object store at {self._endpoint} unreachable: {exc}") from exc
+            # Timeouts (connect or read, after the retries) and refused connections alike.
+            raise StorageUnavailableError("object store unreachable or not answering") from exc
 
 
 def _raise_s3_error(exc: S3Error, key: str | None, bucket: str) -> NoReturn:
     code = exc.code or ""
     if code in ("NoSuchKey", "NoSuchVersion") and key is not None:
         raise BlobNotFoundError(f"no blob stored under {key}") from exc
+    if code == "NoSuchBucket":
+        raise StorageUnavailableError(f"bucket {bucket!r} does not exist") from exc
     if code in _RETRYABLE_CODES:
-        raise UnavailableError(f"object store is busy or failing ({code})") from exc
+        raise StorageUnavailableError(f"object store is busy or failing ({code})") from exc
     where = f" on {key}" if key else ""
-    raise StorageError(
-        f"object store error{where} in bucket {bucket!r}: {code}: {exc.message}"
-    ) from exc
+    raise StorageError(f"object store refused a request{where} ({code})") from exc
 
 
 def _asks_for_checksum(exc: S3Error) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import json
+import uuid
 
 import pytest
 from fastapi.testclient import TestClient
@@ -57,6 +59,41 @@ def test_statuses_of_the_important_errors():
     assert errors.STATUS[domain.UnauthenticatedError] == 401
 
 
+def _assert_incident_logged(body: dict[str, object], log: str, cause: str) -> None:
+    """The body's incident id is on a server log line that also carries the hidden cause."""
+    incident = body["incident"]
+    assert isinstance(incident, str)
+    assert str(uuid.UUID(incident)) == incident
+    [line] = [line for line in log.splitlines() if incident in line]
+    assert cause in line
+
+
+@pytest.mark.parametrize(
+    "cls", sorted((c for c, status in errors.STATUS.items() if status >= 500), key=str)
+)
+def test_server_errors_show_a_plain_detail_and_log_the_message_with_an_incident(cls, caplog):
+    error = _instance(cls)
+    if not issubclass(cls, domain.VerificationError):
+        error = cls("object store at 10.0.0.7:9000 failed: NoSuchBucket evidence-prod")
+    error.__cause__ = OSError("HTTPConnectionPool(host='10.0.0.7', port=9000): Max retries")
+    response = errors.exchange_error_response(error)
+    body = json.loads(bytes(response.body))
+    assert body["status"] == response.status_code
+    assert response.status_code >= 500
+    assert body["detail"] == errors.plain_detail(error)
+    for secret in ("10.0.0.7", "9000", "evidence-prod", "NoSuchBucket", "HTTPConnectionPool"):
+        assert secret not in bytes(response.body).decode()
+    _assert_incident_logged(body, caplog.text, "HTTPConnectionPool(host='10.0.0.7'")
+    assert error.message in caplog.text
+
+
+def test_client_errors_keep_their_message_and_have_no_incident():
+    response = errors.exchange_error_response(domain.ConflictError("package p is already sealed"))
+    body = json.loads(bytes(response.body))
+    assert body["detail"] == "package p is already sealed"
+    assert "incident" not in body
+
+
 def test_unknown_errors_stay_500_and_database_outages_are_503(tmp_path, caplog):
     app = create_app(Settings(data_dir=tmp_path))
 
@@ -74,10 +111,17 @@ def test_unknown_errors_stay_500_and_database_outages_are_503(tmp_path, caplog):
     assert "secret internals" not in response.text
     assert response.json()["code"] == "internal_error"
     assert "RuntimeError" in caplog.text
+    _assert_incident_logged(response.json(), caplog.text, "secret internals")
     down = http.get("/db")
     assert down.status_code == 503
     assert down.headers["retry-after"] == "5"
-    assert down.json()["code"] == "unavailable"
+    # Since issue 10: the database's own problem type (was the generic "unavailable").
+    assert down.json()["code"] == "database_unavailable"
+    assert down.json()["type"] == errors.problem_type("database_unavailable")
+    assert down.json()["detail"] == "the database is unavailable or busy; retry later"
+    assert "connection refused" not in down.text
+    assert "SELECT" not in down.text
+    _assert_incident_logged(down.json(), caplog.text, "connection refused")
     missing = http.get("/no/such/route")
     assert missing.status_code == 404
     assert missing.json()["type"].endswith("/not_found")

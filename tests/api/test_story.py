@@ -198,8 +198,16 @@ def test_object_store_down_answers_503_and_records_nothing(
                 api.http.get("/healthz"),
             ]
             for response in responses:
-                assert_problem(response, 503, "unavailable")
+                # Since issue 10: the store's own problem type (was the generic "unavailable"),
+                # and nothing of the store's address, bucket or driver text.
+                body = assert_problem(response, 503, "storage_unavailable")
                 assert int(response.headers["retry-after"]) > 0
+                assert body["incident"]
+                for secret in (
+                    server.endpoint, f":{server.port}", settings.s3_bucket, "Errno",
+                    "HTTPConnectionPool", "Max retries", "urllib3",
+                ):  # fmt: skip
+                    assert secret not in response.text, response.text
             assert api.actions(case_id) == before
             files = api.call("GET", base, TH_INVESTIGATOR).json()["files"]
             assert [f["path"] for f in files if f["stored"]] == [first]

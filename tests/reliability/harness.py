@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -105,3 +106,20 @@ def ledger_verify(database_url: str, data_dir: Path) -> subprocess.CompletedProc
 def random_bytes(size: int) -> bytes:
     """Incompressible test data."""
     return os.urandom(size)
+
+
+def assert_hidden_and_logged(
+    response: httpx.Response, server_log: str, *, hidden: Sequence[str], cause: str
+) -> str:
+    """A 5xx problem shows none of `hidden` (hosts, ports, bucket, driver text), and its
+    incident id is on a server log line that carries `cause`; returns the incident id."""
+    assert response.status_code >= 500, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    for secret in hidden:
+        assert secret not in response.text, (secret, response.text)
+    incident = response.json()["incident"]
+    assert str(uuid.UUID(incident)) == incident
+    lines = [line for line in server_log.splitlines() if incident in line]
+    assert lines, f"incident {incident} is not in the server log"
+    assert any(cause in line for line in lines), (cause, lines)
+    return str(incident)

@@ -41,6 +41,7 @@ from exchange.storage.local import LocalBlobStore
 from tests.exchange_server import RunningExchange, running_exchange
 from tests.reliability import faults
 from tests.reliability.harness import (
+    assert_hidden_and_logged,
     dev_client,
     ledger_actions,
     ledger_verify,
@@ -55,6 +56,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 NAME = "phone/extraction.bin"
 SIZE = 256 * 1024
 SPILL_SEEN = 16 * 1024 * 1024  # WAL growth that only the SQLite hold trigger's spill makes
+# What a 5xx body must never carry: the injected driver message, driver and table names.
+_DRIVER_WORDS = (
+    faults.ABORT_MESSAGE,
+    "ledger_entry",
+    "package_file",
+    "IntegrityError",
+    "RaiseException",
+    "sqlite3",
+    "psycopg",
+    "127.0.0.1",
+)
 
 
 @dataclass
@@ -166,12 +178,18 @@ def test_failure_injected_at_ledger_commit_seals_nothing_and_retry_completes(
 
         faults.install_abort_trigger(node.db_url)
         refused = httpx.post(_seal_url(server, package), headers=_auth(client), timeout=60)
-        assert refused.status_code == 502, refused.text
+        # A database error inside the ledger answers as one outside it does (issue 10; it was
+        # 502 storage_error with the driver's text): 500 internal_error, a plain detail, and
+        # the driver's text only in the server log, next to the incident id.
+        assert refused.status_code == 500, refused.text
         assert refused.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
         problem = refused.json()
-        assert problem["type"] == problem_type("storage_error")
-        assert problem["code"] == "storage_error"
-        assert problem["detail"].startswith("ledger append failed")
+        assert problem["type"] == problem_type("internal_error")
+        assert problem["code"] == "internal_error"
+        assert problem["detail"] == "an unexpected error occurred"
+        assert_hidden_and_logged(
+            refused, server.log_text(), hidden=_DRIVER_WORDS, cause=faults.ABORT_MESSAGE
+        )
 
         # Not sealed, nothing recorded, and custody holds at the moment of failure.
         assert client.get_package(case_id, package.package_id)["state"] == "registered"
@@ -277,6 +295,10 @@ def test_failure_after_upload_stored_its_bytes_leaves_nothing_sealable(node: Nod
         assert put.status_code == 500, put.text
         assert put.headers["content-type"].startswith(PROBLEM_MEDIA_TYPE)
         assert put.json()["type"] == problem_type("internal_error")
+        assert put.json()["detail"] == "an unexpected error occurred"
+        assert_hidden_and_logged(
+            put, server.log_text(), hidden=_DRIVER_WORDS, cause=faults.ABORT_MESSAGE
+        )
         blob = node.make_store().key_for(hashlib.sha256(data).hexdigest())
         assert node.make_store().exists(blob), "the store write came before the failed commit"
         seal = httpx.post(_seal_url(server, package), headers=headers, timeout=60)
