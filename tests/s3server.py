@@ -9,6 +9,7 @@ shared one is never disturbed.
 from __future__ import annotations
 
 import contextlib
+import signal
 import socket
 import subprocess
 import sys
@@ -91,12 +92,24 @@ class S3Server:
         process, self._process = self._process, None
         if process is None:
             return
+        process.send_signal(signal.SIGCONT)  # a frozen server would never see the SIGTERM
         process.terminate()
         try:
             process.wait(timeout=STOP_SECONDS)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=STOP_SECONDS)
+
+    def freeze(self) -> None:
+        """SIGSTOP the server: it keeps its port (the kernel still accepts connections) but
+        never answers, like a hung store. `thaw` (or `stop`) ends it."""
+        assert self._process is not None, "the server is not running"
+        self._process.send_signal(signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        """SIGCONT a frozen server: it answers again, with everything it stored."""
+        if self._process is not None:
+            self._process.send_signal(signal.SIGCONT)
 
     def restart(self) -> None:
         """Start again on the same port (moto keeps nothing: buckets must be created anew)."""

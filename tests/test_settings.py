@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from exchange.settings import DEV_KEY_DIR, Settings
+from exchange.storage import s3
 
 
 def test_defaults_need_no_configuration(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
@@ -61,3 +62,25 @@ def test_production_with_real_keys_is_accepted(tmp_path: Path):
         trust_dir=tmp_path,
     )
     assert s.env == "production"
+
+
+def test_s3_transport_defaults_fail_in_seconds_and_match_the_store():
+    settings = Settings()
+    assert (settings.s3_connect_timeout, settings.s3_read_timeout, settings.s3_retries) == (
+        s3.DEFAULT_CONNECT_TIMEOUT,
+        s3.DEFAULT_READ_TIMEOUT,
+        s3.DEFAULT_RETRIES,
+    )
+    # The worst case of one call against a frozen store, as docs/operations.md states it.
+    worst = (settings.s3_connect_timeout + settings.s3_read_timeout) * (settings.s3_retries + 1)
+    assert worst == 24.0
+    assert settings.health_timeout == 2.0
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("s3_connect_timeout", 0), ("s3_read_timeout", -1), ("s3_retries", -1), ("health_timeout", 0)],
+)
+def test_s3_transport_settings_refuse_values_that_would_hang_or_make_no_sense(name, value):
+    with pytest.raises(ValidationError, match=name):
+        Settings(**{name: value})

@@ -15,6 +15,7 @@ import pytest
 from exchange.errors import (
     BlobNotFoundError,
     StorageError,
+    StorageUnavailableError,
     UnavailableError,
     VerificationError,
 )
@@ -192,16 +193,24 @@ def test_ensure_bucket_is_idempotent(s3_server: S3Server):
     store.check()
 
 
-def test_check_reports_a_missing_bucket(s3_server: S3Server):
+def test_check_creates_a_missing_bucket_with_object_lock(s3_server: S3Server, caplog):
+    # Since issue 10 a missing bucket is made again by the next call (check() raised
+    # StorageError, and every call failed until a restart ran ensure_bucket).
+    bucket = f"missing-{uuid.uuid4().hex[:12]}"
     store = S3BlobStore(
         endpoint=s3_server.endpoint,
         access_key="testing",
         secret_key="testing",
-        bucket=f"missing-{uuid.uuid4().hex[:12]}",
+        bucket=bucket,
         secure=False,
+        object_lock=True,
     )
-    with pytest.raises(StorageError, match="does not exist"):
+    with caplog.at_level(logging.ERROR, logger="exchange.storage.s3"):
         store.check()
+    assert f"bucket {bucket!r} on {s3_server.endpoint} was missing" in caplog.text
+    store.check()
+    assert store.stored_names() == []
+    s3_server.store(bucket, object_lock=True)  # its lock configuration is checked there
 
 
 def test_constructor_refuses_a_part_size_s3_would_reject():
@@ -242,6 +251,31 @@ def test_outage_raises_unavailable_then_the_same_store_recovers(own_server: S3Se
         store.open(key)
     again = put(store, fresh)
     assert read_all(store, again) == fresh
+    assert leftovers(store) == []
+
+
+def test_a_vanished_bucket_is_made_again_by_the_next_read_or_write(own_server: S3Server):
+    store = own_server.store(object_lock=True, retention_days=RETENTION_DAYS)
+    key = put(store, body(1000, seed=5))
+    own_server.restart()  # the store comes back empty
+
+    # A read finds the bucket again and no object: lost evidence is "not found", not an error.
+    with pytest.raises(BlobNotFoundError):
+        store.open(key)
+    own_server.restart()
+    small = body(1000, seed=6)
+    assert read_all(store, put(store, small)) == small  # the PUT is repeated once
+    retention = store.retention_of(store.key_for(sha(small)))
+    assert retention is not None
+    assert retention.mode == "COMPLIANCE"
+
+    # A multipart body has been read in part when NoSuchBucket comes: 503 once, then it works.
+    own_server.restart()
+    large = body(2 * TEST_PART_SIZE + 1, seed=7)
+    with pytest.raises(StorageUnavailableError, match="does not exist"):
+        store.put(Source(large), sha256=sha(large), size=len(large))
+    assert read_all(store, put(store, large)) == large
+    assert store.retention_of(store.key_for(sha(large))) is not None
     assert leftovers(store) == []
 
 

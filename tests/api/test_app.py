@@ -78,3 +78,29 @@ def test_the_migrations_build_exactly_the_tables_the_code_declares(db_url: str):
     finally:
         engine.dispose()
     assert drift == []
+
+
+def test_liveness_touches_nothing_and_readiness_names_the_failed_dependency(tmp_path: Path):
+    settings = Settings(data_dir=tmp_path / "var", public_url=TESTSERVER, health_timeout=1.0)
+    with TestClient(create_app(settings), base_url=TESTSERVER) as http:
+        assert http.get("/livez").json() == {"status": "alive"}
+        ready = http.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {"status": "ready", "checks": {"database": "ok", "storage": "ok"}}
+        health = http.get("/healthz").json()
+        assert (health["status"], health["checks"]) == ("ok", ready.json()["checks"])
+
+        blobs = tmp_path / "var" / "blobs"
+        blobs.rename(tmp_path / "var" / "blobs.away")  # the volume is gone
+        for path in ("/readyz", "/healthz"):
+            down = http.get(path)
+            assert down.status_code == 503, down.text
+            assert down.headers["content-type"].startswith("application/problem+json")
+            assert down.headers["retry-after"] == "5"
+            body = down.json()
+            assert body["type"] == "https://evidence-exchange.example/problems/storage_unavailable"
+            assert body["checks"] == {"database": "ok", "storage": "failed"}
+            assert body["detail"] == "the evidence store is not answering; retry later"
+            assert str(tmp_path) not in down.text
+            assert "blobs" not in down.text
+        assert http.get("/livez").status_code == 200
