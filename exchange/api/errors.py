@@ -170,8 +170,9 @@ def exchange_error_response(exc: ExchangeError) -> JSONResponse:
         extra["path"] = exc.path
     if status >= 500:
         extra["incident"] = incident = new_incident()
-        if isinstance(exc, UnavailableError):
-            # An outage is expected operations, not a bug: one line, no traceback.
+        if isinstance(exc, UnavailableError | VerificationError):
+            # An outage, or stored bytes found bad (already recorded in the ledger), is an
+            # expected event of operations, not a bug: one line, no traceback.
             logger.warning("incident %s: %s %s: %s", incident, status, exc.code, causes(exc))
         else:
             logger.error(
