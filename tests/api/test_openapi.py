@@ -119,6 +119,8 @@ def test_routes_that_take_a_token_declare_401_and_403(tmp_path: Path):
         ("GET", "/.well-known/jwks.json"),
         ("GET", "/.well-known/oauth-authorization-server"),
         ("GET", "/healthz"),
+        ("GET", "/livez"),
+        ("GET", "/readyz"),
         ("GET", "/v1/ledger/key"),
         ("GET", "/v1/ledger/checkpoint"),
         ("GET", "/v1/ledger/consistency"),
@@ -478,14 +480,24 @@ def _refusals(live: LiveServer, tmp_path: Path) -> None:
 
 
 def _store_gone(live: LiveServer) -> int:
-    """With the local blob directory gone (a volume not mounted), ask for health; the status."""
+    """With the local blob directory gone (a volume not mounted), ask for health and
+    readiness; the lowest status."""
     blobs = live.context.settings.data_dir / "blobs"
     aside = blobs.with_name("blobs-away")
     blobs.rename(aside)
     try:
-        return httpx.get(f"{live.url}/healthz", timeout=30).status_code
+        return min(
+            httpx.get(f"{live.url}{path}", timeout=30).status_code
+            for path in ("/healthz", "/readyz")
+        )
     finally:
         aside.rename(blobs)
+
+
+def _probes(live: LiveServer) -> None:
+    """Liveness and readiness of a healthy node."""
+    for path in ("/livez", "/readyz", "/healthz"):
+        assert httpx.get(f"{live.url}{path}", timeout=30).status_code == 200, path
 
 
 def _validate(live: LiveServer, recorder: Recorder) -> tuple[list[str], set[int], int]:
@@ -544,6 +556,7 @@ def test_every_answer_of_the_api_scenario_matches_the_published_document(
     run_story(live, tmp_path / "story")
     run_cut_off_upload(live, tmp_path / "cut")
     _refusals(live, tmp_path / "refusals")
+    _probes(live)
     if live.context.settings.storage == "local":
         assert _store_gone(live) >= 500
     deadline = time.monotonic() + 10
