@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from exchange.cli import main
+from exchange.cli.checkpoints import checkpoint_path
 from exchange.cli.demo import PH_PARTNER, TH_INVESTIGATOR
 from exchange.ledger.checkpoint import Checkpoint, key_fingerprint, verify_checkpoint
 from exchange.ledger.signer import LogSigner
@@ -363,3 +364,42 @@ def test_custody_verify_online_refuses_a_checkpoint_the_log_key_did_not_sign(
         f"{'+'.join(vkey.split('+', 2)[:2])})"
     )
     assert not (config / SAVED).exists()
+
+
+def test_custody_verify_refuses_a_log_key_other_than_the_pinned_one(
+    server, impostor, profiles, config, capsys, tmp_path: Path
+):
+    case_id = shared_case(capsys, tmp_path)
+    assert fetch(case_id, tmp_path / "f") == 0  # pins the first exchange's key
+    pinned = (config / SAVED).read_bytes()
+    # A bundle that is sound under the impostor's own key, which has the same origin.
+    login(impostor, TH_INVESTIGATOR, "th-impostor")
+    capsys.readouterr()
+    assert main(["case", "create", "--case-ref", "X-1", "--title", "t",
+                 "--classification", "restricted", "--profile", "th-impostor"]) == 0  # fmt: skip
+    other_case = out_of(capsys).strip().removeprefix("created case ")
+    bundle = tmp_path / "impostor.json"
+    assert main(["custody", "export", other_case, "--out", str(bundle),
+                 "--profile", "th-impostor"]) == 0  # fmt: skip
+    capsys.readouterr()
+    key = log_key_pem(impostor, tmp_path)
+    assert main(["custody", "verify", str(bundle), "--log-key", str(key)]) == 1
+    assert capsys.readouterr().err.replace("\n", "") == (
+        f"error: custody verification failed: the ledger key of {ORIGIN} changed: this client "
+        f"pinned {log_signer(server).vkey} ({config / SAVED}), but the given --log-key is "
+        f"{log_signer(impostor).vkey}"
+    )
+    assert (config / SAVED).read_bytes() == pinned
+
+
+@pytest.mark.parametrize(
+    ("origin", "name"),
+    [
+        ("exchange.example/ledger", "exchange.example%2Fledger.json"),
+        ("..", hashlib.sha256(b"..").hexdigest() + ".json"),
+        ("x" * 250, hashlib.sha256(b"x" * 250).hexdigest() + ".json"),
+    ],
+)
+def test_each_origin_has_one_file_inside_the_checkpoints_folder(config, origin: str, name: str):
+    path = checkpoint_path(origin)
+    assert path == config / "checkpoints" / name
