@@ -23,13 +23,19 @@ CHUNK_SIZE = 1024 * 1024
 
 
 class ClientError(Exception):
-    """The server answered with an error (an RFC 9457 problem where it could)."""
+    """The server answered with an error (an RFC 9457 problem where it could).
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
-        super().__init__(f"{status} {code}: {detail}")
+    `incident` is the server's id of a server-side failure (5xx), shown in the message so a
+    partner can quote it to the exchange's operators, whose log holds the cause.
+    """
+
+    def __init__(self, status: int, code: str, detail: str, incident: str | None = None) -> None:
+        shown = f"{status} {code}: {detail}"
+        super().__init__(f"{shown} (incident {incident})" if incident else shown)
         self.status = status
         self.code = code
         self.detail = detail
+        self.incident = incident
 
 
 # Client assertions from an Ed25519 key still say `EdDSA`: only the exchange's token endpoint
@@ -81,7 +87,7 @@ def raise_for_problem(response: httpx.Response) -> None:
     """Raise `ClientError` for any 4xx/5xx, reading the problem document when there is one."""
     if response.status_code < 400:
         return
-    code, detail = "error", response.reason_phrase
+    code, detail, incident = "error", response.reason_phrase, None
     try:
         body = response.json()
     except ValueError:
@@ -89,7 +95,9 @@ def raise_for_problem(response: httpx.Response) -> None:
     if isinstance(body, dict):
         code = str(body.get("code") or body.get("error") or code)
         detail = str(body.get("detail") or body.get("error_description") or detail)
-    raise ClientError(response.status_code, code, detail)
+        if isinstance(body.get("incident"), str):
+            incident = body["incident"]
+    raise ClientError(response.status_code, code, detail, incident)
 
 
 @dataclass

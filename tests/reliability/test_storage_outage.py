@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from exchange.api.errors import problem_type
-from exchange.client import file_url
+from exchange.client import ClientError, file_url
 from tests.exchange_server import running_exchange
 from tests.reliability.harness import (
     assert_hidden_and_logged,
@@ -211,9 +211,20 @@ def test_frozen_store_answers_503_within_the_configured_bound_and_recovers(
                 got, got_s = _timed(lambda: http.get(file_url(case_id, kept_id, NAME)))
                 ready, ready_s = _timed(lambda: http.get("/readyz"))
                 health, health_s = _timed(lambda: http.get("/healthz"))
+                with pytest.raises(ClientError) as refused:
+                    client.download_file(case_id, kept_id, NAME, io.BytesIO())
             finally:
                 s3.thaw()
             log = server.log_text()
+
+            # The client library shows the incident id, for the partner to quote.
+            assert (refused.value.status, refused.value.code) == (503, "storage_unavailable")
+            assert refused.value.incident is not None
+            assert str(refused.value).endswith(f"(incident {refused.value.incident})")
+            assert any(
+                refused.value.incident in line and f"port={s3.port}" in line
+                for line in log.splitlines()
+            )
 
             assert live.status_code == 200
             assert live_s < 2.0  # no I/O: it never waits for the store
