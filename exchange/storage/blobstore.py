@@ -8,7 +8,7 @@ matched. Errors (all from `exchange.errors`):
 - `VerificationError` with ``reason="size_mismatch"`` or ``reason="hash_mismatch"``: the body
   was not what the manifest promised; nothing was stored.
 - `BlobNotFoundError`: no object under that key.
-- `UnavailableError`: the backend is down or timed out; retry later (HTTP 503).
+- `StorageUnavailableError`: the backend is down or timed out; retry later (HTTP 503).
 - `StorageError`: any other backend failure.
 - `InvalidInputError`: a malformed digest or key (a programming error, never a lookup).
 """
@@ -89,7 +89,7 @@ class BlobStore(Protocol):
         ...
 
     def check(self) -> None:
-        """Raise `UnavailableError` (or `StorageError`) unless the store can serve requests."""
+        """Raise `StorageUnavailableError` (or `StorageError`) unless the store can serve requests."""
         ...
 
 

@@ -238,4 +238,5 @@ def _translated(exc: OSError, key: str) -> StorageError | StorageUnavailableErro
         return StorageUnavailableError(
             f"no space left to store {key}: {exc.strerror}", retry_after=DISK_FULL_RETRY_AFTER
         )
-    return StorageError(f"local blob store failed on {key}: {exc}")
+    # The OS's text (paths, errno) stays in the cause the caller chains, for the server log.
+    return StorageError(f"local blob store failed on {key}")
