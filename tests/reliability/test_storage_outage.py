@@ -347,3 +347,69 @@ def test_a_store_back_empty_gets_its_bucket_again_with_object_lock(tmp_path: Pat
             client.close()
         verified = ledger_verify(db_url, data_dir)
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def test_store_frozen_mid_upload_stores_nothing_and_the_retry_completes(tmp_path: Path) -> None:
+    """moto is SIGSTOPped while a multipart upload streams (a part is on its way): the upload
+    answers 503 within the bound, nothing becomes readable (even after the store wakes up and
+    works off what was queued), nothing is recorded, and the retry stores the file."""
+    bucket = "evidence-frozen-mid"
+    with S3Server(log_dir=tmp_path) as s3:
+        data_dir = tmp_path / "node"
+        db_url = f"sqlite:///{data_dir / 'exchange.db'}"
+        settings = _s3_settings(
+            s3,
+            bucket,
+            EXCHANGE_S3_CONNECT_TIMEOUT=str(CONNECT),
+            EXCHANGE_S3_READ_TIMEOUT=str(READ),
+            EXCHANGE_S3_RETRIES=str(RETRIES),
+        )
+        with running_exchange(data_dir, **settings) as server:
+            client = dev_client(server.url, timeout=60)
+            case_id = open_case(client)
+            data = random_bytes(SIZE)
+            manifest, jws = one_file_package(NAME, data)
+            package_id = str(manifest["package_id"])
+            client.register_package(case_id, manifest=manifest, jws=jws)
+            before = ledger_actions(db_url)
+            auth = {"Authorization": f"Bearer {client.login()['access_token']}"}
+
+            def body() -> Iterator[bytes]:
+                for offset in range(0, SIZE, MiB):
+                    if offset == 6 * MiB:  # the first 5 MiB part has gone up
+                        s3.freeze()
+                    yield data[offset : offset + MiB]
+
+            try:
+                put, seconds = _timed(
+                    lambda: httpx.put(
+                        server.url + file_url(case_id, package_id, NAME),
+                        content=body(),
+                        headers={**auth, "Content-Length": str(SIZE)},
+                        timeout=45,
+                    )
+                )
+            finally:
+                s3.thaw()
+            # A part's PUT, then the SDK's abort of the multipart upload: two calls at most.
+            assert seconds < ANSWER_BOUND, (seconds, put.text)
+            assert put.status_code == 503, put.text
+            assert _problem(put)["type"] == problem_type("storage_unavailable")
+            assert_hidden_and_logged(
+                put, server.log_text(), hidden=_store_words(s3, bucket), cause=f"port={s3.port}"
+            )
+            time.sleep(1.0)  # let the woken store work off the requests queued while frozen
+            store = s3.store(bucket)
+            key = store.key_for(hashlib.sha256(data).hexdigest())
+            assert not store.exists(key)
+            assert store.stored_names() == []
+            assert ledger_actions(db_url) == before
+
+            client.put_stream(file_url(case_id, package_id, NAME), lambda: io.BytesIO(data), SIZE)
+            assert client.seal_package(case_id, package_id)["state"] == "sealed"
+            fetched = io.BytesIO()
+            client.download_file(case_id, package_id, NAME, fetched)
+            assert fetched.getvalue() == data
+            client.close()
+        verified = ledger_verify(db_url, data_dir)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
