@@ -71,6 +71,15 @@ class Settings(BaseSettings):
 
     max_file_bytes: int = Field(default=64 * 1024**3, ge=1)
     max_files_per_package: int = Field(default=10_000, ge=1)
+    max_manifest_bytes: int = Field(
+        default=16 * 1024**2, ge=1024, description="largest package registration body (413)"
+    )
+    max_json_body_bytes: int = Field(
+        default=1024**2, ge=1024, description="largest body of any other JSON request (413)"
+    )
+    validation_threads: int = Field(
+        default=2, ge=1, description="manifests parsed and checked at once, in worker threads"
+    )
 
     @property
     def resolved_database_url(self) -> str:

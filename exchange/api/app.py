@@ -8,17 +8,19 @@ blob store, the ledger signer and the token issuer into one frozen `AppContext`.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
+import anyio
 from fastapi import FastAPI
 
 from exchange import __version__
 from exchange.api import errors, openapi
-from exchange.api.bodies import JsonBodyLimitMiddleware
+from exchange.api.bodies import BodyLimit, JsonBodyLimitMiddleware
 from exchange.api.context import AppContext
 from exchange.api.metrics import Metrics, MetricsMiddleware
 from exchange.api.routes import cases, custody, grants, health, ledger, packages, token
@@ -38,8 +40,8 @@ from exchange.trust import TrustStore
 
 logger = logging.getLogger("exchange")
 
-# Largest JSON request body: a manifest of 100 000 files is about 30 MB.
-MAX_JSON_BODY_BYTES: Final = 64 * 1024 * 1024
+# The one JSON route allowed a large body: package registration (the manifest).
+PACKAGE_REGISTRATION: Final = re.compile(r"/v1/cases/[^/]+/packages")
 
 # The clients the development bootstrap registers, each signing with its agency's dev key.
 DEV_CLIENTS: Final = (
@@ -116,6 +118,7 @@ def build_context(settings: Settings, *, metrics: Metrics) -> AppContext:
             max_files_per_package=settings.max_files_per_package,
         ),
         metrics=metrics,
+        validation=anyio.CapacityLimiter(settings.validation_threads),
     )
 
 
@@ -164,6 +167,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     for module in (token, cases, packages, grants, custody, ledger, health):
         app.include_router(module.router)
-    app.add_middleware(JsonBodyLimitMiddleware, max_bytes=MAX_JSON_BODY_BYTES)
+    app.add_middleware(
+        JsonBodyLimitMiddleware,
+        max_bytes=config.max_json_body_bytes,
+        limits=[BodyLimit("POST", PACKAGE_REGISTRATION, config.max_manifest_bytes)],
+    )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
+import ijson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from exchange.api.errors import exchange_error_response
@@ -122,24 +125,44 @@ async def read_body_in_thread(
     return result
 
 
-class JsonBodyLimitMiddleware:
-    """Refuses (413) request bodies over `max_bytes`, except streamed evidence file uploads.
+@dataclass(frozen=True)
+class BodyLimit:
+    """The largest body of the requests whose method and path match."""
 
-    JSON bodies (a manifest of 100 000 files is some 30 MB) are read whole by the framework, so
-    this bounds them by the declared Content-Length up front and by counting while reading.
+    method: str
+    path: re.Pattern[str]
+    max_bytes: int
+
+
+class JsonBodyLimitMiddleware:
+    """Refuses (413) request bodies over their route's limit, except streamed evidence uploads.
+
+    JSON bodies are read whole before they are parsed, so each is bounded: by the declared
+    Content-Length up front and by counting while reading. `limits` name the routes allowed a
+    larger body than `max_bytes` (a manifest of 10 000 files is a few MB; a case or grant a few
+    hundred bytes).
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, limits: Sequence[BodyLimit] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.limits = tuple(limits)
+
+    def limit_for(self, method: str, path: str) -> int:
+        """The body limit of a request."""
+        for limit in self.limits:
+            if limit.method == method and limit.path.fullmatch(path):
+                return limit.max_bytes
+        return self.max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or (scope["method"] == "PUT" and "/files/" in scope["path"]):
             await self.app(scope, receive, send)
             return
+        max_bytes = self.limit_for(scope["method"], scope["path"])
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            refusal = PayloadTooLargeError(f"request body is larger than {self.max_bytes} bytes")
+        if declared.isdigit() and int(declared) > max_bytes:
+            refusal = PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
             await exchange_error_response(refusal)(scope, receive, send)
             return
         seen = 0
@@ -148,8 +171,51 @@ class JsonBodyLimitMiddleware:
             nonlocal seen
             message = await receive()
             seen += len(message.get("body", b""))
-            if seen > self.max_bytes:  # raised inside the route: the error handlers answer
-                raise PayloadTooLargeError(f"request body is larger than {self.max_bytes} bytes")
+            if seen > max_bytes:  # raised inside the route: the error handlers answer
+                raise PayloadTooLargeError(f"request body is larger than {max_bytes} bytes")
             return message
 
         await self.app(scope, counting_receive, send)
+
+
+class _TooManyItemsError(Exception):
+    pass
+
+
+class _ItemCounter:
+    """The target of ijson's push parser: counts the items, stops the parse past `limit`."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+
+    def send(self, _item: object) -> None:
+        self.count += 1
+        if self.count > self.limit:
+            raise _TooManyItemsError
+
+
+def read_counting_items(body: Readable, *, prefix: str, limit: int) -> bytes | None:
+    """The whole of a JSON `body`, or None as soon as the array at `prefix` (ijson's dotted
+    path, e.g. ``manifest.files``) holds more than `limit` items.
+
+    Each piece is fed to ijson's C push parser as it arrives, so a 100 000-entry manifest is
+    refused after its first tenth has been received and parsed, before any full parse or schema
+    check; the rest of it is never read. The parser hands every item to Python, where the
+    interpreter may switch threads, so the event loop keeps running beside it. A body that
+    stops being JSON is counted no further: the full parse that follows reports it.
+    """
+    counter = _ItemCounter(limit)
+    parser = ijson.items_coro(counter, f"{prefix}.item", use_float=True)
+    pieces: list[bytes] = []
+    counting = True
+    while piece := body.read(BODY_CHUNK_SIZE):
+        pieces.append(piece)
+        if counting:
+            try:
+                parser.send(piece)
+            except _TooManyItemsError:
+                return None
+            except ijson.JSONError:
+                counting = False
+    return b"".join(pieces)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from anyio import CapacityLimiter
 from sqlalchemy import Engine
 
 from exchange.api.metrics import Metrics
@@ -27,3 +28,5 @@ class AppContext:
     token_endpoint: str
     limits: Limits
     metrics: Metrics
+    # Worker threads parsing and checking request documents (manifests) at once.
+    validation: CapacityLimiter

@@ -8,10 +8,11 @@ from typing import Any, Final
 
 import anyio.to_thread
 from fastapi import APIRouter, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from exchange.api.bodies import read_body_in_thread
+from exchange.api.bodies import read_body_in_thread, read_counting_items
 from exchange.api.deps import ContextDep, NowDep, PrincipalDep, SessionDep
 from exchange.api.documents import (
     FileDocument,
@@ -22,8 +23,10 @@ from exchange.api.documents import (
 )
 from exchange.api.openapi import AUTHENTICATED, BACKEND, JSON_BODY, declare
 from exchange.api.streams import VerifiedStreamingResponse
-from exchange.errors import InvalidInputError
+from exchange.errors import InvalidInputError, PayloadTooLargeError
 from exchange.service import fetch, packages
+from exchange.storage.blobstore import Readable
+from exchange.storage.db import session_scope
 
 router = APIRouter(prefix="/v1/cases/{case_id}/packages", tags=["packages"])
 
@@ -47,6 +50,35 @@ def content_length(request: Request) -> int | None:
     return int(raw)
 
 
+# The body is read and parsed by the route itself (below), so OpenAPI is told its schema here.
+_NEW_PACKAGE_BODY: Final[dict[str, Any]] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": NewPackage.model_json_schema()}},
+    }
+}
+
+
+def read_new_package(body: Readable, *, max_files: int) -> bytes:
+    """The registration body, refused (413) past `max_files` files while it is still arriving."""
+    raw = read_counting_items(body, prefix="manifest.files", limit=max_files)
+    if raw is None:
+        raise PayloadTooLargeError(
+            f"package has more than {max_files} files; this exchange takes at most {max_files}"
+        )
+    return raw
+
+
+def parse_new_package(raw: bytes) -> NewPackage:
+    """The registration body; `RequestValidationError` as FastAPI's own parsing would raise."""
+    try:
+        return NewPackage.model_validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+        ) from None
+
+
 @router.post(
     "",
     status_code=201,
@@ -54,27 +86,40 @@ def content_length(request: Request) -> int | None:
     responses=declare(
         PackageRegistration, *AUTHENTICATED, *JSON_BODY, *BACKEND, 404, 409, ok=(201, 200)
     ),
+    openapi_extra=_NEW_PACKAGE_BODY,
 )
-def register_package(
+async def register_package(
     case_id: str,
-    body: NewPackage,
+    request: Request,
     context: ContextDep,
-    session: SessionDep,
     principal: PrincipalDep,
     now: NowDep,
 ) -> JSONResponse:
     """Register a signed package; answers the files still expected (201, or 200 on a retry)."""
-    registration = packages.register_package(
-        session,
-        store=context.store,
-        log=context.log,
-        principal=principal,
-        now=now,
-        case_id=case_id,
-        manifest=body.manifest,
-        jws=body.jws,
-        limits=context.limits,
+    # The body (bounded by its route's limit, JsonBodyLimitMiddleware) is counted while it
+    # arrives; parsing, schema and signature checks cost CPU in proportion to its size, so they
+    # run in worker threads, a bounded number at once, and the event loop keeps answering.
+    max_files = context.limits.max_files_per_package
+    raw = await read_body_in_thread(
+        request.stream(), partial(read_new_package, max_files=max_files)
     )
+
+    def register() -> packages.Registration:
+        body = parse_new_package(raw)
+        with session_scope(context.engine) as session:
+            return packages.register_package(
+                session,
+                store=context.store,
+                log=context.log,
+                principal=principal,
+                now=now,
+                case_id=case_id,
+                manifest=body.manifest,
+                jws=body.jws,
+                limits=context.limits,
+            )
+
+    registration = await anyio.to_thread.run_sync(register, limiter=context.validation)
     status = 201 if registration.created else 200
     return JSONResponse(packages.registration_document(registration), status_code=status)
 
