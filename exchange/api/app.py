@@ -40,8 +40,9 @@ from exchange.trust import TrustStore
 
 logger = logging.getLogger("exchange")
 
-# The one JSON route allowed a large body: package registration (the manifest).
-PACKAGE_REGISTRATION: Final = re.compile(r"/v1/cases/[^/]+/packages")
+# The one JSON route allowed a large body: package registration (the manifest). Matched at the
+# end of the path, which may carry a prefix the app is mounted under (root_path).
+PACKAGE_REGISTRATION: Final = re.compile(r"/v1/cases/[^/]+/packages\Z")
 
 # The clients the development bootstrap registers, each signing with its agency's dev key.
 DEV_CLIENTS: Final = (

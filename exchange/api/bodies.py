@@ -127,7 +127,7 @@ async def read_body_in_thread(
 
 @dataclass(frozen=True)
 class BodyLimit:
-    """The largest body of the requests whose method and path match."""
+    """The largest body of the requests with this method whose path `path` is found in."""
 
     method: str
     path: re.Pattern[str]
@@ -151,7 +151,7 @@ class JsonBodyLimitMiddleware:
     def limit_for(self, method: str, path: str) -> int:
         """The body limit of a request."""
         for limit in self.limits:
-            if limit.method == method and limit.path.fullmatch(path):
+            if limit.method == method and limit.path.search(path):
                 return limit.max_bytes
         return self.max_bytes
 
