@@ -1,9 +1,10 @@
-"""API throughput and latency: authorized small-object fetch and GET /v1/cases/{id}, vs bare FastAPI.
+"""API throughput and latency: small-object fetch, GET case, GET package, vs bare FastAPI.
 
     python bench/api.py                           # 1, 8, 32 clients, 3 s per cell (about 1 min)
     python bench/api.py --seconds 10              # longer cells, steadier figures
     python bench/api.py --profile /tmp/api.txt    # also a pyinstrument profile of the server
     python bench/api.py --caller partner          # as PH-NBI under a grant, not as the owner
+                                                  # (its package reads append package.viewed)
 
 The server is the real app (`create_app` on embedded defaults: SQLite + local store) in a
 subprocess started by this script with `--child`, which adds one route, `GET /bench/raw/{name}`,
@@ -149,7 +150,8 @@ def prepare(server: BenchServer, work: Path, caller: str) -> tuple[str, dict[str
     client.seal_package(case_id, package_id)
     fetch = client.request("GET", file_url(case_id, package_id, NAME))
     case = client.request("GET", f"/v1/cases/{case_id}")
-    for name, response in (("object", fetch), ("case", case)):
+    package = client.request("GET", f"/v1/cases/{case_id}/packages/{package_id}")
+    for name, response in (("object", fetch), ("case", case), ("package", package)):
         httpx.put(
             f"{server.url}/bench/raw/{name}",
             content=response.content,
@@ -160,6 +162,8 @@ def prepare(server: BenchServer, work: Path, caller: str) -> tuple[str, dict[str
         "small-object baseline": f"{server.url}/bench/raw/object",
         "GET /v1/cases/{id}": f"{server.url}/v1/cases/{case_id}",
         "case baseline": f"{server.url}/bench/raw/case",
+        "GET package": f"{server.url}/v1/cases/{case_id}/packages/{package_id}",
+        "package baseline": f"{server.url}/bench/raw/package",
     }
     return server.token(PH_PARTNER if caller == "partner" else TH_INVESTIGATOR), urls
 
@@ -203,6 +207,7 @@ def main() -> int:
         pairs = [
             ("small-object fetch", "small-object baseline"),
             ("GET /v1/cases/{id}", "case baseline"),
+            ("GET package", "package baseline"),
         ]
         for clients in concurrencies:
             for ours_name, base_name in pairs:

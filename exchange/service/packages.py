@@ -6,7 +6,6 @@ package stays invisible to everyone but its uploader's agency until it is sealed
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -20,17 +19,17 @@ from exchange.errors import (
     PayloadTooLargeError,
     VerificationError,
 )
-from exchange.grants import CaseView, GrantView, check_scope, is_case_owner
+from exchange.grants import CaseView, check_scope, is_case_owner
 from exchange.ledger.entry import Action, NewEntry
 from exchange.ledger.signer import LogSigner
 from exchange.model import Manifest, Principal, canonical_bytes, parse_json
 from exchange.package import check_path, load_manifest, verify_manifest
 from exchange.service.access import (
     actor_of,
+    check_readable,
     grant_detail,
     owned_case,
     readable_case,
-    readable_case_and_grant,
 )
 from exchange.service.agencies import trust_store, trusted_key
 from exchange.storage import ledger_store
@@ -366,55 +365,67 @@ def seal_package(
 
 
 def record_partner_view(
-    session: Session,
+    engine: Engine,
     *,
     log: LogSigner,
     principal: Principal,
     now: datetime,
-    case: CaseRow,
-    grant: GrantView | None,
+    case: CaseView,
     details: dict[str, Any],
     package_id: str | None = None,
 ) -> None:
-    """Append `package.viewed` for a read by a caller outside the owning agency; owners' reads
-    are not recorded. In the read's own transaction: the answer goes out only once it commits."""
-    if is_case_owner(principal, CaseView(case.id, case.owner_agency)):
+    """Append `package.viewed` for a read by a caller outside the owning agency (owners' reads
+    are not recorded), naming the grant it was made under.
+
+    A short write transaction of its own, after the read's read-only snapshot, so that building
+    the answer never holds the write lock. Access is checked again in it, so an entry never
+    names a grant revoked before it: a grant revoked since the snapshot answers `NotFoundError`
+    and records nothing. The caller sends its answer only once this returned (committed).
+    """
+    if is_case_owner(principal, case):
         return
-    ledger_store.append(
-        session,
-        NewEntry(
-            actor=actor_of(principal),
-            action=Action.PACKAGE_VIEWED,
-            case_id=case.id,
-            package_id=package_id,
-            details={**details, "grant": grant_detail(grant)},
-        ),
-        log=log,
-        now=now,
-    )
+    with session_scope(engine) as session:
+        grant = check_readable(session, principal, case, now=now)
+        ledger_store.append(
+            session,
+            NewEntry(
+                actor=actor_of(principal),
+                action=Action.PACKAGE_VIEWED,
+                case_id=case.case_id,
+                package_id=package_id,
+                details={**details, "grant": grant_detail(grant)},
+            ),
+            log=log,
+            now=now,
+        )
 
 
-def list_packages(
-    session: Session, *, log: LogSigner, principal: Principal, now: datetime, case_id: str
-) -> Sequence[PackageRow]:
-    """The packages of a case the caller may see; a partner's listing is recorded."""
-    case, grant = readable_case_and_grant(session, principal, case_id, now=now)
+def _visible_rows(session: Session, principal: Principal, case: CaseRow) -> list[PackageRow]:
     rows = session.exec(
         select(PackageRow)
         .where(PackageRow.case_id == case.id)
         .order_by(col(PackageRow.created_at), col(PackageRow.id))
     ).all()
-    visible = [r for r in rows if r.state == SEALED or r.uploader_agency == principal.agency]
+    return [r for r in rows if r.state == SEALED or r.uploader_agency == principal.agency]
+
+
+def list_packages(
+    engine: Engine, *, log: LogSigner, principal: Principal, now: datetime, case_id: str
+) -> list[dict[str, Any]]:
+    """The summaries of the packages of a case the caller may see, read in a read-only
+    snapshot; a partner's listing is recorded (`record_partner_view`)."""
+    with session_scope(engine, read_only=True) as session:
+        case = readable_case(session, principal, case_id, now=now)
+        summaries = [package_summary(r) for r in _visible_rows(session, principal, case)]
     record_partner_view(
-        session,
+        engine,
         log=log,
         principal=principal,
         now=now,
-        case=case,
-        grant=grant,
-        details={"view": "list", "package_count": len(visible)},
+        case=CaseView(case.id, case.owner_agency),
+        details={"view": "list", "package_count": len(summaries)},
     )
-    return visible
+    return summaries
 
 
 def signer_entry(session: Session, key_id: str) -> dict[str, Any]:
@@ -438,7 +449,7 @@ def package_document(session: Session, row: PackageRow) -> dict[str, Any]:
 
 
 def get_package(
-    session: Session,
+    engine: Engine,
     *,
     log: LogSigner,
     principal: Principal,
@@ -446,18 +457,18 @@ def get_package(
     case_id: str,
     package_id: str,
 ) -> dict[str, Any]:
-    """One package the caller may see, with manifest, JWS and signer key; a partner's read is
-    recorded."""
-    case, grant = readable_case_and_grant(session, principal, case_id, now=now)
-    row = visible_package(session, principal, case, package_id)
-    document = package_document(session, row)
+    """One package the caller may see, with manifest, JWS and signer key, read in a read-only
+    snapshot; a partner's read is recorded (`record_partner_view`)."""
+    with session_scope(engine, read_only=True) as session:
+        case = readable_case(session, principal, case_id, now=now)
+        row = visible_package(session, principal, case, package_id)
+        document = package_document(session, row)
     record_partner_view(
-        session,
+        engine,
         log=log,
         principal=principal,
         now=now,
-        case=case,
-        grant=grant,
+        case=CaseView(case.id, case.owner_agency),
         package_id=row.id,
         details={"view": "manifest", "manifest_sha256": row.manifest_sha256},
     )

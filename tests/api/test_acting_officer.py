@@ -20,6 +20,9 @@ import pytest
 from exchange.cli.client import fetch_case, grant_body, upload_package
 from exchange.client import ClientError, ExchangeClient
 from exchange.custody import timeline_lines, verify_bundle
+from exchange.errors import NotFoundError
+from exchange.grants import CaseView
+from exchange.service.packages import record_partner_view
 from exchange.settings import DEV_KEY_DIR
 from exchange.signing import b64url_decode, load_public_key_pem
 from exchange.storage import ledger_store
@@ -342,3 +345,27 @@ def test_the_grant_named_is_the_narrowest_live_one(live: LiveServer, tmp_path: P
     viewed = [e for e in entries(live, case_id) if e["action"] == "package.viewed"]
     assert [e["details"]["grant"]["grant_id"] for e in viewed] == [named, wide]
     assert viewed[1]["details"]["grant"]["legal_basis"] == {"type": "eio", "reference": "EIO-1"}
+
+
+def test_a_grant_revoked_after_the_snapshot_records_nothing_and_answers_404(
+    live: LiveServer, tmp_path: Path
+):
+    # The read's snapshot saw the grant; it is revoked before the view is recorded. The record
+    # checks access again in its own transaction: nothing names the revoked grant.
+    with client(live, TH_INVESTIGATOR) as th, client(live, PH_PARTNER) as ph:
+        case_id, package_id = new_case(th, tmp_path)
+        grant_id = grant(th, case_id, "PH")
+        principal = live.context.verifier.verify(ph.login()["access_token"], now=datetime.now(UTC))
+        th.revoke_grant(case_id, grant_id)
+    count = len(entries(live, case_id))
+    with pytest.raises(NotFoundError, match=r"^case not found$"):
+        record_partner_view(
+            live.context.engine,
+            log=live.context.log,
+            principal=principal,
+            now=datetime.now(UTC),
+            case=CaseView(case_id, "TH-RTP"),
+            package_id=package_id,
+            details={"view": "manifest"},
+        )
+    assert len(entries(live, case_id)) == count

@@ -210,14 +210,15 @@ def seal_package(
 
 @router.get("", response_model=None, responses=declare(PackageList, *AUTHENTICATED, 404, 422))
 def list_packages(
-    case_id: str, context: ContextDep, session: SessionDep, principal: PrincipalDep, now: NowDep
+    case_id: str, context: ContextDep, principal: PrincipalDep, now: NowDep
 ) -> dict[str, Any]:
     """The packages of a case the caller may see (unsealed ones only to their uploader); a
     partner's listing is recorded in the ledger (`package.viewed`)."""
-    rows = packages.list_packages(
-        session, log=context.log, principal=principal, now=now, case_id=case_id
+    # Read-only snapshot, then (partners only) a short write: no SessionDep (see cases.py).
+    summaries = packages.list_packages(
+        context.engine, log=context.log, principal=principal, now=now, case_id=case_id
     )
-    return {"packages": [packages.package_summary(r) for r in rows]}
+    return {"packages": summaries}
 
 
 @router.get(
@@ -229,14 +230,13 @@ def get_package(
     case_id: str,
     package_id: str,
     context: ContextDep,
-    session: SessionDep,
     principal: PrincipalDep,
     now: NowDep,
 ) -> dict[str, Any]:
     """One package: manifest, JWS, signer key and files; a partner's read is recorded in the
     ledger (`package.viewed`)."""
     return packages.get_package(
-        session,
+        context.engine,
         log=context.log,
         principal=principal,
         now=now,
