@@ -519,3 +519,38 @@ def test_v1_bundles_still_verify(story: Story):
     report = story.verify(v1)
     assert report.case_entries is None
     assert len(report.events) == 8
+
+
+def test_writers_do_not_wait_for_an_export(story: Story):
+    # The bundle is built in a read-only transaction after the export entry has committed:
+    # while that transaction is open, another writer appends and commits. (With the export
+    # built inside a write transaction, as before v2, this test fails: the writer waits.)
+    import threading
+
+    from exchange.ledger.entry import Action, Actor, NewEntry
+
+    with session_scope(story.engine) as session:
+        export = custody.record_export(
+            session, log=story.log, principal=story.ph, now=story.now, case_id=story.case_id
+        )
+    committed = threading.Event()
+
+    def write() -> None:
+        ledger_store.append_committed(
+            story.engine,
+            NewEntry(Actor(agency="TH-RTP", country="TH", subject="client:th"),
+                     Action.CASE_OPENED, "another-case", None, {}),
+            log=story.log,
+            now=story.now,
+        )  # fmt: skip
+        committed.set()
+
+    with session_scope(story.engine, read_only=True) as reading:
+        body = custody.build_bundle(reading, export=export, origin=story.log.origin)
+        writer = threading.Thread(target=write)
+        writer.start()
+        assert committed.wait(30), "an append waited for the export's read transaction"
+        # Still inside the export's transaction: what it built stays the export's view.
+        assert json.loads(body)["tree_size"] == export.seq + 1
+    writer.join()
+    assert story.verify(json.loads(body)).case_entries == 9
