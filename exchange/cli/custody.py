@@ -260,7 +260,9 @@ def print_report(report: CustodyReport, ledger: LedgerCheck) -> None:
         f"  packages  {len(report.packages)} sealed; every manifest matches its sealed "
         "digest and its signature verifies"
     )
-    if report.keys_from_log:
+    if report.keys_from_log and not report.key_origins:
+        say("  keys      no sealed package, so no signer key to prove")
+    elif report.keys_from_log:
         say("  keys      signer keys are taken from the ledger's own registrations:")
         for k in report.key_origins:
             revoked = f", revoked at #{k.revoked_seq}" if k.revoked_seq is not None else ""

@@ -269,9 +269,11 @@ def step_verify_custody(story: Story) -> str:
     ):
         if needed not in actions:
             raise StepFailedError(f"the custody record has no {needed} entry")
+    keys = ", ".join(f"#{k.registered_seq}" for k in story.report.key_origins)
     return (
-        f"checkpoint signature, {len(story.report.events)} inclusion proofs, "
-        f"{len(story.report.packages)} manifest, {story.report.files_checked} file hashes"
+        f"checkpoint signature, all {story.report.case_entries} case entries chained to the "
+        f"export (the checkpoint's last leaf), {len(story.report.packages)} manifest with its "
+        f"signer key registered at {keys}, {story.report.files_checked} file hashes"
     )
 
 
