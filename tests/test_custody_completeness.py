@@ -51,6 +51,8 @@ _STEP = st.tuples(
 
 def _new(step: tuple[str, str, Action, str], i: int) -> NewEntry:
     case_id, who, action, grantee = step
+    if action in (Action.GRANT_ISSUED, Action.GRANT_REVOKED):
+        who = "TH"  # only the owning agency grants and revokes
     details: dict[str, Any] = {"n": i}
     if action == Action.GRANT_ISSUED:
         details = {"grant_id": f"g-{i}", "grantee_country": grantee, "scope": ["read"]}
