@@ -256,3 +256,19 @@ def test_acting_officer_is_recorded(now: datetime) -> None:
     _, data = make_entry(new(actor=actor), seq=1, prev="ab" * 32, time=now, case_link=LINK)
     assert b'"act":{"name":"Insp. Somchai","sub":"officer-7"}' in data
     assert parse_entry(data).actor.act == actor.act
+
+
+def test_package_viewed_is_a_v2_action_only(now: datetime) -> None:
+    entry, data = make_entry(
+        new(action=Action.PACKAGE_VIEWED, details={"view": "manifest", "grant": None}),
+        seq=1,
+        prev="ab" * 32,
+        time=now,
+        case_link=LINK,
+    )
+    assert parse_entry(data).action is Action.PACKAGE_VIEWED
+    v1 = {k: v for k, v in entry.to_wire().items() if k not in ("v", "case_seq", "case_prev")}
+    with pytest.raises(InvalidInputError, match="not valid against ledger-entry.v1.json: /action"):
+        parse_entry(canonical_bytes(v1))
+    with pytest.raises(InvalidInputError, match="package.viewed needs v 2"):
+        LedgerEntry.from_wire(v1)
