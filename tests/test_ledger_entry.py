@@ -268,7 +268,9 @@ def test_package_viewed_is_a_v2_action_only(now: datetime) -> None:
     )
     assert parse_entry(data).action is Action.PACKAGE_VIEWED
     v1 = {k: v for k, v in entry.to_wire().items() if k not in ("v", "case_seq", "case_prev")}
-    with pytest.raises(InvalidInputError, match="not valid against ledger-entry.v1.json: /action"):
+    with pytest.raises(
+        InvalidInputError, match=r"not valid against ledger-entry\.v1\.json: /action"
+    ):
         parse_entry(canonical_bytes(v1))
-    with pytest.raises(InvalidInputError, match="package.viewed needs v 2"):
+    with pytest.raises(InvalidInputError, match=r"package\.viewed needs v 2"):
         LedgerEntry.from_wire(v1)
