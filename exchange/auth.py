@@ -92,6 +92,8 @@ CASE_ID_PATTERN: Final = re.compile(
     r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
 )
 JTI_PATTERN: Final = re.compile(r"^[\x21-\x7e]{1,255}\Z")
+# RFC 7638 SHA-256 JWK thumbprint, base64url: the `cnf.jkt` of a DPoP-bound token (RFC 9449).
+JKT_PATTERN: Final = re.compile(r"^[A-Za-z0-9_-]{43}\Z")
 # RFC 6749 §3.3 scope-token characters.
 SCOPE_TOKEN_PATTERN: Final = re.compile(r"^[\x21\x23-\x5b\x5d-\x7e]+\Z")
 
@@ -435,11 +437,13 @@ class TokenIssuer:
         case_ids: Iterable[str] = (),
         now: datetime,
         act: ActingOfficer | None = None,
+        dpop_jkt: str | None = None,
     ) -> str:
         """A signed access token for one client: its role scopes, plus one read scope per case
         in `case_ids` (at most `MAX_TOKEN_CASES`: a token never grows with a client's grants).
 
         `act` names the officer the client acts for (the token's `act` claim, RFC 8693 §4.1).
+        `dpop_jkt` binds the token to a DPoP key (RFC 9449 `cnf.jkt`, the key's thumbprint).
         """
         if not CLIENT_ID_PATTERN.match(client_id):
             raise InvalidInputError(f"client id {client_id!r} is malformed")
@@ -464,6 +468,10 @@ class TokenIssuer:
         }
         if act is not None:
             claims["act"] = act.to_wire()
+        if dpop_jkt is not None:
+            if not JKT_PATTERN.match(dpop_jkt):
+                raise InvalidInputError("a DPoP key thumbprint is 43 base64url characters")
+            claims["cnf"] = {"jkt": dpop_jkt}
         return jwt.encode(
             claims,
             self._signer.private_key,
@@ -607,6 +615,17 @@ class TokenVerifier:
         if not all(SCOPE_TOKEN_PATTERN.match(s) for s in scopes):
             raise _reject(f"{what}: scope")
         act = _acting_officer(claims, what=what)
+        dpop_jkt: str | None = None
+        if "cnf" in claims:
+            cnf = claims["cnf"]
+            if (
+                not isinstance(cnf, dict)
+                or set(cnf) != {"jkt"}
+                or not isinstance(cnf["jkt"], str)
+                or not JKT_PATTERN.match(cnf["jkt"])
+            ):
+                raise _reject(f"{what}: cnf")
+            dpop_jkt = cnf["jkt"]
         principal = Principal(
             client_id=client_id,
             agency=agency,
@@ -616,6 +635,7 @@ class TokenVerifier:
             token_id=jti,
             expires_at=datetime.fromtimestamp(exp, tz=tzinfo),
             act=act,
+            dpop_jkt=dpop_jkt,
         )
         return _Verified(principal=principal, exp=exp, not_before=max(nbf, iat))
 

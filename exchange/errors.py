@@ -9,7 +9,10 @@ The tree::
     │   └── BlobNotFoundError          "blob_not_found"       object missing from the blob store
     ├── ConflictError                  "conflict"             duplicate id, already sealed or revoked
     ├── UnauthenticatedError           "unauthenticated"      bad, expired or replayed token
-    │   └── CredentialsMissingError    "unauthenticated"      no token at all (RFC 6750 §3.1)
+    │   ├── CredentialsMissingError    "unauthenticated"      no token at all (RFC 6750 §3.1)
+    │   ├── InvalidDPoPProofError      "invalid_dpop_proof"   DPoP proof bad, replayed or for another request
+    │   │   └── DPoPNonceRequiredError "use_dpop_nonce"       the proof needs the server's current nonce
+    │   └── DPoPRequiredError          "dpop_required"        bound token without DPoP, or bearer refused
     ├── ForbiddenError                 "forbidden"            authenticated but not allowed
     ├── VerificationError              "verification_failed"  signature, digest or proof does not hold
     │   └── IntegrityFailureError      "integrity_failure"    stored bytes no longer match the record
@@ -82,6 +85,28 @@ class CredentialsMissingError(UnauthenticatedError):
 
     # Same code as its parent: for the caller, both mean "log in"; only the WWW-Authenticate
     # challenge differs (no error code without a token, RFC 6750 §3.1).
+
+
+class InvalidDPoPProofError(UnauthenticatedError):
+    """A DPoP proof (RFC 9449) is malformed, replayed, or does not fit the request or token."""
+
+    code = "invalid_dpop_proof"
+
+
+class DPoPNonceRequiredError(InvalidDPoPProofError):
+    """The DPoP proof must carry the server's current nonce (sent back with this error)."""
+
+    code = "use_dpop_nonce"
+
+    def __init__(self, message: str, *, nonce: str) -> None:
+        super().__init__(message)
+        self.nonce = nonce
+
+
+class DPoPRequiredError(UnauthenticatedError):
+    """The access token must be used with DPoP: it is DPoP-bound, or bearer tokens are off."""
+
+    code = "dpop_required"
 
 
 class ForbiddenError(ExchangeError):

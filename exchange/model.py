@@ -290,6 +290,8 @@ class Principal(BaseModel):
     expires_at: datetime
     # The officer the client acts for, from the token's own `act` claim (None: not named).
     act: ActingOfficer | None = None
+    # RFC 9449 `cnf.jkt`: the thumbprint of the key every request must prove (None: unbound).
+    dpop_jkt: str | None = None
 
     def has_scope(self, scope: str) -> bool:
         """Whether the token carries `scope`."""

@@ -847,3 +847,46 @@ def test_a_token_with_a_bad_act_is_rejected(
 ):
     token = forge(good_header(issuer_signer), good_claims() | {"act": act}, issuer_signer.sign)
     rejected(verifier, token, message)
+
+
+# --------------------------------------------------------------------------- DPoP binding
+
+
+JKT = "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k"
+
+
+def test_a_dpop_bound_token_carries_cnf_jkt(issuer: TokenIssuer, verifier: TokenVerifier):
+    token = issuer.issue(
+        client_id="c1",
+        agency="PH-NBI",
+        country="PH",
+        role=Role.PARTNER,
+        case_ids=[],
+        now=NOW,
+        dpop_jkt=JKT,
+    )
+    assert parts(token)[1]["cnf"] == {"jkt": JKT}
+    assert verifier.verify(token, now=NOW).dpop_jkt == JKT
+    assert verifier.verify(issue(issuer), now=NOW).dpop_jkt is None
+
+
+def test_issuer_refuses_a_malformed_thumbprint(issuer: TokenIssuer):
+    with pytest.raises(InvalidInputError, match="43 base64url characters"):
+        issuer.issue(
+            client_id="c1",
+            agency="PH-NBI",
+            country="PH",
+            role=Role.PARTNER,
+            case_ids=[],
+            now=NOW,
+            dpop_jkt="short",
+        )
+
+
+@pytest.mark.parametrize(
+    "cnf",
+    [{"jkt": "short"}, {"jkt": JKT, "x5t#S256": "x"}, {}, [JKT], JKT, None, {"jkt": 5}],
+)
+def test_a_malformed_cnf_is_rejected(verifier: TokenVerifier, issuer_signer: Signer, cnf: object):
+    token = forge(good_header(issuer_signer), {**good_claims(), "cnf": cnf}, issuer_signer.sign)
+    rejected(verifier, token, "cnf")
