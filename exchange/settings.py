@@ -66,6 +66,13 @@ class Settings(BaseSettings):
         default="Ed25519",
         description="JWS alg of issued access tokens; EdDSA only while older replicas still serve",
     )
+    allow_bearer_tokens: bool | None = Field(
+        default=None,
+        description="accept tokens not bound to a DPoP key; default: in development only",
+    )
+    dpop_nonce: bool = Field(
+        default=True, description="DPoP proofs must carry a server nonce (RFC 9449 §8-9)"
+    )
     ledger_origin: str = "exchange.example/ledger"
     public_url: str = "http://127.0.0.1:8000"
 
@@ -96,6 +103,13 @@ class Settings(BaseSettings):
             keepalives_count=self.db_keepalives_count,
             client_check_interval_ms=self.db_client_check_interval_ms,
         )
+
+    @property
+    def bearer_tokens_allowed(self) -> bool:
+        """Whether unbound (bearer) access tokens are issued and accepted."""
+        if self.allow_bearer_tokens is not None:
+            return self.allow_bearer_tokens
+        return self.env == "development"
 
     @model_validator(mode="after")
     def _refuse_dev_material_in_production(self) -> Settings:

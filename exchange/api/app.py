@@ -22,14 +22,17 @@ from exchange import __version__
 from exchange.api import errors, openapi
 from exchange.api.bodies import BodyLimit, JsonBodyLimitMiddleware
 from exchange.api.context import AppContext
+from exchange.api.dpop import DPoPNonceMiddleware
 from exchange.api.metrics import Metrics, MetricsMiddleware
 from exchange.api.routes import cases, custody, grants, health, ledger, packages, token
 from exchange.auth import TokenIssuer, TokenVerifier
+from exchange.dpop import NonceSource
 from exchange.errors import InvalidInputError
 from exchange.keyfiles import ledger_key, load_ed25519_key, load_or_create_dev_key
 from exchange.ledger.signer import LogSigner
 from exchange.model import Role
 from exchange.service.agencies import DevClient, bootstrap_dev_registry
+from exchange.service.dpop import ProofReplayCache
 from exchange.service.packages import Limits
 from exchange.settings import Settings
 from exchange.signing import Signer
@@ -99,8 +102,9 @@ def build_context(settings: Settings, *, metrics: Metrics) -> AppContext:
         origin=settings.ledger_origin,
     )
     public_url = settings.public_url.rstrip("/")
+    token_signer = issuer_signer(settings)
     issuer = TokenIssuer(
-        issuer_signer(settings),
+        token_signer,
         issuer=public_url,
         audience=public_url,
         algorithm=settings.access_token_alg,
@@ -120,6 +124,9 @@ def build_context(settings: Settings, *, metrics: Metrics) -> AppContext:
         ),
         metrics=metrics,
         validation=anyio.CapacityLimiter(settings.validation_threads),
+        public_url=public_url,
+        nonces=NonceSource.from_signer(token_signer),
+        proofs=ProofReplayCache(engine),
     )
 
 
@@ -168,6 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     openapi.install(app)
     for module in (token, cases, packages, grants, custody, ledger, health):
         app.include_router(module.router)
+    app.add_middleware(DPoPNonceMiddleware)
     app.add_middleware(
         JsonBodyLimitMiddleware,
         max_bytes=config.max_json_body_bytes,

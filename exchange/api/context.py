@@ -9,7 +9,9 @@ from sqlalchemy import Engine
 
 from exchange.api.metrics import Metrics
 from exchange.auth import TokenIssuer, TokenVerifier
+from exchange.dpop import NonceSource
 from exchange.ledger.signer import LogSigner
+from exchange.service.dpop import ProofReplayCache
 from exchange.service.packages import Limits
 from exchange.settings import Settings
 from exchange.storage.blobstore import BlobStore
@@ -30,3 +32,7 @@ class AppContext:
     metrics: Metrics
     # Worker threads parsing and checking request documents (manifests) at once.
     validation: CapacityLimiter
+    # DPoP (RFC 9449): the origin proofs' `htu` must name, nonces, and used proofs.
+    public_url: str
+    nonces: NonceSource
+    proofs: ProofReplayCache

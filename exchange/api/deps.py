@@ -11,7 +11,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from exchange.api.context import AppContext
-from exchange.errors import CredentialsMissingError
+from exchange.api.dpop import authorization, check_resource_proof
+from exchange.errors import CredentialsMissingError, DPoPRequiredError, UnauthenticatedError
 from exchange.model import Principal
 from exchange.storage.db import session_scope
 
@@ -51,15 +52,40 @@ NowDep = Annotated[datetime, Depends(utc_now)]
 
 
 async def get_principal(
+    request: Request,
     context: ContextDep,
     now: NowDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    _credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
-    """The caller, from a verified bearer access token; `UnauthenticatedError` otherwise."""
-    # On the event loop: a token seen before is a dictionary hit, a new one one Ed25519 check.
-    if credentials is None:
+    """The caller, from a verified access token (and, for a DPoP-bound one, a valid proof of
+    its key, RFC 9449); `UnauthenticatedError` otherwise.
+
+    `_credentials` only declares the scheme in OpenAPI: HTTPBearer reads `Bearer` alone, and
+    the header is parsed here for `DPoP` too.
+    """
+    given = authorization(request)
+    if given is None or given[0] not in ("bearer", "dpop"):
         raise CredentialsMissingError("a bearer access token is required")
-    return context.verifier.verify(credentials.credentials, now=now)
+    scheme, token = given
+    # On the event loop: a token seen before is a dictionary hit, a new one one Ed25519 check.
+    principal = context.verifier.verify(token, now=now)
+    if principal.dpop_jkt is None:
+        if scheme == "dpop":
+            raise UnauthenticatedError("invalid access token: it is not bound to a DPoP key")
+        if not context.settings.bearer_tokens_allowed:
+            raise DPoPRequiredError(
+                "invalid access token: bearer tokens are refused here; log in with DPoP"
+            )
+        return principal
+    if scheme != "dpop":
+        # A stolen bound token replayed as a plain bearer token.
+        raise DPoPRequiredError(
+            "invalid access token: a DPoP-bound token needs the DPoP scheme and a DPoP proof"
+        )
+    await check_resource_proof(
+        request, context, access_token=token, bound_jkt=principal.dpop_jkt, now=now
+    )
+    return principal
 
 
 PrincipalDep = Annotated[Principal, Depends(get_principal)]

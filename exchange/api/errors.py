@@ -24,14 +24,18 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from exchange.dpop import DPOP_ALGS
 from exchange.errors import (
     BlobNotFoundError,
     ConflictError,
     CredentialsMissingError,
+    DPoPNonceRequiredError,
+    DPoPRequiredError,
     DatabaseUnavailableError,
     ExchangeError,
     ForbiddenError,
     IntegrityFailureError,
+    InvalidDPoPProofError,
     InvalidInputError,
     NotFoundError,
     PayloadTooLargeError,
@@ -59,6 +63,9 @@ STATUS: Final[dict[type[ExchangeError], int]] = {
     ConflictError: 409,
     UnauthenticatedError: 401,
     CredentialsMissingError: 401,
+    InvalidDPoPProofError: 401,
+    DPoPNonceRequiredError: 401,
+    DPoPRequiredError: 401,
     ForbiddenError: 403,
     VerificationError: 422,
     IntegrityFailureError: 502,  # our stored bytes went bad: a server-side fault, never the caller's
@@ -152,6 +159,19 @@ def _title(cls: type[BaseException]) -> str:
     return doc.splitlines()[0].rstrip(".")
 
 
+def www_authenticate(exc: UnauthenticatedError) -> str:
+    """The challenge of a 401: RFC 6750 Bearer, or RFC 9449 §7.1 DPoP where DPoP is at fault."""
+    algs = " ".join(DPOP_ALGS)
+    if isinstance(exc, CredentialsMissingError):
+        # RFC 6750 §3.1: a request without any token gets the challenge, not an error code.
+        return "Bearer"
+    if isinstance(exc, InvalidDPoPProofError):  # invalid_dpop_proof or use_dpop_nonce
+        return f'DPoP error="{exc.code}", algs="{algs}"'
+    if isinstance(exc, DPoPRequiredError):
+        return f'DPoP error="invalid_token", algs="{algs}"'
+    return 'Bearer error="invalid_token"'
+
+
 def exchange_error_response(exc: ExchangeError) -> JSONResponse:
     """The problem response for a domain error."""
     status = status_for(exc)
@@ -160,11 +180,10 @@ def exchange_error_response(exc: ExchangeError) -> JSONResponse:
     if isinstance(exc, UnavailableError):
         headers["Retry-After"] = str(exc.retry_after)
         extra["retry_after"] = exc.retry_after
-    if isinstance(exc, CredentialsMissingError):
-        # RFC 6750 §3.1: a request without any token gets the challenge, not an error code.
-        headers["WWW-Authenticate"] = "Bearer"
-    elif isinstance(exc, UnauthenticatedError):
-        headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+    if isinstance(exc, UnauthenticatedError):
+        headers["WWW-Authenticate"] = www_authenticate(exc)
+    if isinstance(exc, DPoPNonceRequiredError):
+        headers["DPoP-Nonce"] = exc.nonce
     if isinstance(exc, VerificationError):
         extra["reason"] = exc.reason
         extra["path"] = exc.path

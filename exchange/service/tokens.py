@@ -50,13 +50,15 @@ def issue_token(
     token_endpoint: str,
     now: datetime,
     client_id: str | None = None,
+    dpop_jkt: str | None = None,
 ) -> IssuedToken:
     """Verify an RFC 7523 client assertion and issue an access token for its client.
 
     The token carries the client's role scopes only, never one scope per granted case: which
     cases it may read is decided by the live grants on every request (docs/auth.md), so the
     token's size does not grow with the grants. A `client_id` sent beside the assertion must be
-    its issuer. The officer the assertion names (`act`) is carried by the token. Raises
+    its issuer. The officer the assertion names (`act`) is carried by the token.
+    `dpop_jkt` (a proven DPoP key's thumbprint) binds the token to that key. Raises
     `UnauthenticatedError` for any failure.
     """
     verified = verify_client_assertion(
@@ -80,6 +82,7 @@ def issue_token(
         role=role,
         now=now,
         act=verified.act,
+        dpop_jkt=dpop_jkt,
     )
     # Read back through the verifier: the answer states exactly what the token carries.
     issued = verifier.verify(token, now=now)

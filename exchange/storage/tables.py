@@ -103,6 +103,16 @@ class UsedJtiRow(SQLModel, table=True):
     expires_at: datetime = _time(index=True)
 
 
+class DPoPProofRow(SQLModel, table=True):
+    """A DPoP proof already used (RFC 9449 §11.1), by SHA-256 of its key's thumbprint and jti,
+    kept until the proof would be too old anyway; shared by every replica through the database."""
+
+    __tablename__ = "dpop_proof"
+
+    key: str = Field(sa_column=Column(String(64), primary_key=True))
+    expires_at: datetime = _time(index=True)
+
+
 class CaseRow(SQLModel, table=True):
     """A case, owned by one agency."""
 

@@ -37,7 +37,32 @@ def test_every_exchange_error_subclass_is_mapped():
 def _instance(cls: type[domain.ExchangeError]) -> domain.ExchangeError:
     if issubclass(cls, domain.VerificationError):
         return cls("it does not hold", reason="bad_signature", path="a/b.bin")
+    if issubclass(cls, domain.DPoPNonceRequiredError):
+        return cls("a nonce is needed", nonce="123.abc")
     return cls("something happened")
+
+
+@pytest.mark.parametrize(
+    ("exc", "challenge"),
+    [
+        (domain.UnauthenticatedError("x"), 'Bearer error="invalid_token"'),
+        (
+            domain.InvalidDPoPProofError("x"),
+            'DPoP error="invalid_dpop_proof", algs="Ed25519 EdDSA ES256"',
+        ),
+        (
+            domain.DPoPNonceRequiredError("x", nonce="1.n"),
+            'DPoP error="use_dpop_nonce", algs="Ed25519 EdDSA ES256"',
+        ),
+        (domain.DPoPRequiredError("x"), 'DPoP error="invalid_token", algs="Ed25519 EdDSA ES256"'),
+    ],
+)
+def test_401_challenges_name_the_scheme_at_fault(exc: domain.UnauthenticatedError, challenge: str):
+    response = errors.exchange_error_response(exc)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"] == challenge
+    nonce = response.headers.get("dpop-nonce")
+    assert nonce == ("1.n" if isinstance(exc, domain.DPoPNonceRequiredError) else None)
 
 
 @pytest.mark.parametrize("cls", sorted(errors.STATUS, key=str))
