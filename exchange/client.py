@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import quote
@@ -16,10 +17,14 @@ from urllib.parse import quote
 import httpx
 import jwt
 
+from exchange.dpop import make_proof
 from exchange.signing import Signer, signing_algorithm
 
 CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 CHUNK_SIZE = 1024 * 1024
+# Authorization schemes: RFC 6750 bearer tokens, RFC 9449 DPoP-bound tokens.
+BEARER_SCHEME = "Bearer"
+DPOP_SCHEME = "DPoP"
 
 
 class ClientError(Exception):
@@ -100,9 +105,30 @@ def raise_for_problem(response: httpx.Response) -> None:
     raise ClientError(response.status_code, code, detail, incident)
 
 
+def _asks_for_nonce(response: httpx.Response) -> bool:
+    """Whether the server refused a DPoP proof for want of its nonce (RFC 9449 §8-9)."""
+    if "dpop-nonce" not in response.headers:
+        return False
+    if response.status_code == 400:  # the token endpoint: an RFC 6749 error body
+        try:
+            body = response.json()
+        except ValueError:
+            return False
+        return isinstance(body, dict) and body.get("error") == "use_dpop_nonce"
+    challenge = response.headers.get("www-authenticate", "")
+    return response.status_code == 401 and 'error="use_dpop_nonce"' in challenge
+
+
 @dataclass
 class ExchangeClient:
-    """A logged-in session against one exchange: fetches and renews its access token itself."""
+    """A logged-in session against one exchange: fetches and renews its access token itself.
+
+    With `dpop` (the default) its tokens are bound (RFC 9449) to `dpop_signer`, a fresh Ed25519
+    key of this session's own that never leaves memory: the tokens are not saved either, so a
+    token copied off the wire or out of a log is useless without a key that dies with the
+    process, and the client's long-term key keeps its one job, signing assertions. Against an
+    exchange that answers `token_type` Bearer (one without DPoP) it sends bearer tokens.
+    """
 
     base_url: str
     client_id: str
@@ -112,22 +138,59 @@ class ExchangeClient:
     http: httpx.Client = field(
         default_factory=lambda: httpx.Client(timeout=httpx.Timeout(30.0, read=300.0))
     )
+    dpop: bool = True
+    dpop_signer: Signer = field(default_factory=Signer.generate)
     _token: str | None = None
+    _token_type: str = BEARER_SCHEME
     _token_expires: float = 0.0
+    _nonce: str | None = None
 
     @property
     def token_endpoint(self) -> str:
         """Absolute URL of POST /v1/token (also the assertion's audience)."""
         return self.base_url.rstrip("/") + "/v1/token"
 
+    @property
+    def token_type(self) -> str:
+        """``DPoP`` once logged in with a bound token, else ``Bearer``."""
+        return self._token_type
+
+    def _proof(self, method: str, url: str, access_token: str | None = None) -> str:
+        return make_proof(
+            self.dpop_signer,
+            htm=method,
+            htu=url,
+            now=datetime.now(UTC),
+            access_token=access_token,
+            nonce=self._nonce,
+        )
+
+    def _keep_nonce(self, response: httpx.Response) -> None:
+        nonce = response.headers.get("dpop-nonce")
+        if nonce:
+            self._nonce = nonce
+
     def login(self) -> dict[str, Any]:
         """Exchange a signed client assertion for an access token; returns the token response."""
+        response = self._token_request()
+        if self.dpop and _asks_for_nonce(response):
+            response = self._token_request()  # now with the nonce the answer carried
+        raise_for_problem(response)
+        body: dict[str, Any] = response.json()
+        self._token = body["access_token"]
+        kind = str(body.get("token_type")).lower()
+        self._token_type = DPOP_SCHEME if kind == "dpop" else BEARER_SCHEME
+        self._token_expires = time.monotonic() + float(body.get("expires_in", 60)) - 30
+        return body
+
+    def _token_request(self) -> httpx.Response:
         assertion = make_client_assertion(
             client_id=self.client_id,
             signer=self.signer,
             audience=self.token_endpoint,
             act=self.act,
         )
+        headers = {"DPoP": self._proof("POST", self.token_endpoint)} if self.dpop else {}
         response = self.http.post(
             self.token_endpoint,
             data={
@@ -136,24 +199,47 @@ class ExchangeClient:
                 "client_assertion_type": CLIENT_ASSERTION_TYPE,
                 "client_assertion": assertion,
             },
+            headers=headers,
         )
-        raise_for_problem(response)
-        body: dict[str, Any] = response.json()
-        self._token = body["access_token"]
-        self._token_expires = time.monotonic() + float(body.get("expires_in", 60)) - 30
-        return body
+        self._keep_nonce(response)
+        return response
 
-    def _auth(self) -> dict[str, str]:
+    def _auth(self, method: str, url: str) -> dict[str, str]:
+        """The Authorization header (and DPoP proof) for one request to `url`."""
         if self._token is None or time.monotonic() >= self._token_expires:
             self.login()
-        return {"Authorization": f"Bearer {self._token}"}
+        assert self._token is not None  # noqa: S101  # login() set it or raised
+        if self._token_type != DPOP_SCHEME:
+            return {"Authorization": f"Bearer {self._token}"}
+        return {
+            "Authorization": f"DPoP {self._token}",
+            "DPoP": self._proof(method, url, access_token=self._token),
+        }
 
-    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        """An authorized request; raises `ClientError` on an error answer."""
-        headers = {**self._auth(), **kwargs.pop("headers", {})}
-        response = self.http.request(
-            method, self.base_url.rstrip("/") + path, headers=headers, **kwargs
-        )
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        content_factory: Callable[[], Any] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        """An authorized request; raises `ClientError` on an error answer.
+
+        A request refused for want of the server's DPoP nonce is sent once more with it; a
+        streamed body is then made afresh by `content_factory` (a plain `content` is re-sent).
+        """
+        url = self.base_url.rstrip("/") + path
+        extra = kwargs.pop("headers", {})
+        for attempt in (1, 2):
+            if content_factory is not None:
+                kwargs["content"] = content_factory()
+            headers = {**self._auth(method, url), **extra}
+            response = self.http.request(method, url, headers=headers, **kwargs)
+            self._keep_nonce(response)
+            if attempt == 1 and self._token_type == DPOP_SCHEME and _asks_for_nonce(response):
+                continue
+            break
         raise_for_problem(response)
         return response
 
@@ -191,7 +277,7 @@ class ExchangeClient:
                     yield chunk
 
         headers = {"Content-Length": str(size), "Content-Type": "application/octet-stream"}
-        response = self.request("PUT", path, content=chunks(), headers=headers)
+        response = self.request("PUT", path, content_factory=chunks, headers=headers)
         return response.json() if response.content else None
 
     def download(
@@ -209,16 +295,21 @@ class ExchangeClient:
         expected = "?"
         url = self.base_url.rstrip("/") + path
         try:
-            with self.http.stream("GET", url, headers=self._auth()) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise_for_problem(response)
-                expected = response.headers.get("content-length", "?")
-                for chunk in response.iter_bytes(CHUNK_SIZE):
-                    sink.write(chunk)
-                    total += len(chunk)
-                    if on_bytes is not None:
-                        on_bytes(len(chunk))
+            for attempt in (1, 2):
+                with self.http.stream("GET", url, headers=self._auth("GET", url)) as response:
+                    self._keep_nonce(response)
+                    if response.status_code >= 400:
+                        response.read()
+                        if attempt == 1 and _asks_for_nonce(response):
+                            continue  # once more, with the nonce this answer carried
+                        raise_for_problem(response)
+                    expected = response.headers.get("content-length", "?")
+                    for chunk in response.iter_bytes(CHUNK_SIZE):
+                        sink.write(chunk)
+                        total += len(chunk)
+                        if on_bytes is not None:
+                            on_bytes(len(chunk))
+                    return total
         except httpx.RemoteProtocolError as exc:
             raise ClientError(
                 0,
@@ -233,7 +324,7 @@ class ExchangeClient:
                 "stream_aborted",
                 f"the connection broke off after {total} of {expected} bytes: {exc}",
             ) from exc
-        return total
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def close(self) -> None:
         """Close the HTTP connection pool."""

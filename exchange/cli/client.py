@@ -26,7 +26,7 @@ from rich.markup import escape
 from exchange.cli.checkpoints import LogCheck, check_exchange_log
 from exchange.cli.output import CommandError, DelayedProgress, print_json, stderr, stdout
 from exchange.cli.profile import Profile
-from exchange.client import ClientError, ExchangeClient, file_url
+from exchange.client import DPOP_SCHEME, ClientError, ExchangeClient, file_url
 from exchange.errors import ExchangeError, VerificationError
 from exchange.model import LegalBasisType, Manifest
 from exchange.package import load_manifest, verify_manifest
@@ -227,6 +227,10 @@ def login_command(args: argparse.Namespace) -> int:
         )
         say(f"  officer  {officer}")
     say(f"  scopes   {' '.join(scopes) or '-'}")
+    if client.token_type == DPOP_SCHEME:
+        say("  tokens   DPoP-bound to a key of this process (RFC 9449)")
+    else:
+        say("  tokens   bearer (the exchange issued no DPoP-bound token)")
     say(f"  profile  {args.profile} ({path})")
     return 0
 
