@@ -184,8 +184,8 @@ class BenchServer:
         """Peak RSS of the server process so far, MiB."""
         return self.rss.peak_bytes() / MiB
 
-    def client(self, client_id: str = TH_INVESTIGATOR) -> ExchangeClient:
-        """A dev client (committed dev key of its agency), logged in."""
+    def client(self, client_id: str = TH_INVESTIGATOR, *, dpop: bool = True) -> ExchangeClient:
+        """A dev client (committed dev key of its agency), logged in (DPoP-bound by default)."""
         agency = "-".join(client_id.split("-")[:2]).upper()
         signer = Signer.from_pem((DEV_KEY_DIR / f"{agency}.key.pem").read_bytes())
         client = ExchangeClient(
@@ -193,14 +193,15 @@ class BenchServer:
             client_id=client_id,
             signer=signer,
             http=httpx.Client(timeout=httpx.Timeout(60.0, read=600.0)),
+            dpop=dpop,
         )
         client.login()
         self.clients.append(client)
         return client
 
     def token(self, client_id: str = TH_INVESTIGATOR) -> str:
-        """A fresh access token of a dev client."""
-        body = self.client(client_id).login()
+        """A fresh bearer access token of a dev client (the bench servers run in development)."""
+        body = self.client(client_id, dpop=False).login()
         token: str = body["access_token"]
         return token
 

@@ -23,7 +23,7 @@ from exchange.cli import main
 from exchange.cli.client import grant_body, upload_package
 from exchange.cli.demo import AGENCY_OF, PH_PARTNER, TH_INVESTIGATOR, TH_PROSECUTOR, VN_PARTNER
 from exchange.cli.profile import Profile
-from exchange.client import ClientError, ExchangeClient
+from exchange.client import ClientError, ExchangeClient, make_client_assertion
 from exchange.settings import DEV_KEY_DIR
 from exchange.signing import Signer
 from tests.builders import build, read_manifest
@@ -494,3 +494,31 @@ def test_a_bad_officer_is_refused_by_the_exchange_and_no_profile_is_saved(
         "act.sub must be 1 to 200 characters of text, not blank"
     ) in err
     assert not (config / "default.json").exists()
+
+
+def test_the_cli_works_end_to_end_where_only_dpop_is_accepted(config: Path, capsys, tmp_path: Path):
+    # A node refusing bearer tokens (as production does by default): every command must use DPoP.
+    with running_exchange(tmp_path / "node" / "var", EXCHANGE_ALLOW_BEARER_TOKENS="false") as node:
+        form = {
+            "grant_type": "client_credentials",
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": make_client_assertion(
+                client_id=TH_INVESTIGATOR,
+                signer=Signer.from_pem((DEV_KEY_DIR / "TH-RTP.key.pem").read_bytes()),
+                audience=f"{node.url}/v1/token",
+            ),
+        }
+        refused = httpx.post(f"{node.url}/v1/token", data=form)
+        assert refused.status_code == 400
+        assert refused.json()["error"] == "invalid_dpop_proof"
+        login(node, TH_INVESTIGATOR, "th")
+        assert "tokens   DPoP-bound to a key of this process (RFC 9449)" in out_of(capsys)
+        login(node, PH_PARTNER, "ph")
+        out_of(capsys)
+        case_id = new_case(capsys)
+        package_id = upload(capsys, th_package(tmp_path), case_id)
+        grant_ph(capsys, case_id)
+        fetched = tmp_path / "fetched"
+        assert main(["fetch", case_id, "--out", str(fetched), "--profile", "ph",
+                     "--trust", str(DEV_KEY_DIR / "trust")]) == 0  # fmt: skip
+        assert f"VERIFIED package {package_id} from TH-RTP: 3 files" in out_of(capsys)

@@ -27,7 +27,8 @@ from exchange.dpop import NonceSource, key_thumbprint, make_proof
 from exchange.model import Role
 from exchange.settings import DEV_KEY_DIR, Settings
 from exchange.signing import Signer
-from exchange.storage.db import session_scope
+from exchange.service.dpop import ProofReplayCache
+from exchange.storage.db import create_schema, make_engine, session_scope
 from exchange.storage.tables import CaseRow, DPoPProofRow
 from tests.api.conftest import (
     AGENCY_OF,
@@ -469,3 +470,21 @@ def test_bearer_setting_defaults(tmp_path: Path):
     assert production.bearer_tokens_allowed is False
     assert Settings(env="production", trust_dir=tmp_path, allow_bearer_tokens=True,
                     **keys).bearer_tokens_allowed is True  # fmt: skip
+
+
+def test_the_replay_cache_refuses_a_key_twice_and_keeps_the_ledgers_durability(tmp_path: Path):
+    # One pooled connection, so the one the insert used is the one inspected afterwards.
+    engine = make_engine(f"sqlite:///{tmp_path / 'replay.db'}", pool_size=1, max_overflow=0)
+    try:
+        create_schema(engine)
+        cache = ProofReplayCache(engine)
+        until = now() + timedelta(seconds=70)
+        assert cache.remember("a" * 64, until, now=now()) is True
+        assert cache.remember("a" * 64, until, now=now()) is False
+        with engine.connect() as connection:
+            # FULL (2), as the node set it: the insert's NORMAL went back before pooling.
+            assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2
+        with session_scope(engine) as db:
+            assert db.exec(select(DPoPProofRow.key)).all() == ["a" * 64]
+    finally:
+        engine.dispose()

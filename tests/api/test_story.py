@@ -61,9 +61,9 @@ def live(
     )
 
 
-def client(live: LiveServer, client_id: str) -> ExchangeClient:
+def client(live: LiveServer, client_id: str, *, dpop: bool = True) -> ExchangeClient:
     return ExchangeClient(
-        base_url=live.url, client_id=client_id, signer=dev_signer(AGENCY_OF[client_id])
+        base_url=live.url, client_id=client_id, signer=dev_signer(AGENCY_OF[client_id]), dpop=dpop
     )
 
 
@@ -219,7 +219,8 @@ def test_object_store_down_answers_503_and_records_nothing(
 def test_an_upload_cut_off_mid_body_stores_nothing(live: LiveServer, tmp_path: Path):
     package = make_package(tmp_path, files={"disk.img": os.urandom(2 * 1024 * 1024)})
     entry = package.manifest["files"][0]
-    with client(live, TH_INVESTIGATOR) as th:
+    # A bearer token: the raw request below is authorized, so only the cut body can stop it.
+    with client(live, TH_INVESTIGATOR, dpop=False) as th:
         case_id = th.create_case(case_ref="TH-3", title="Cut", classification="restricted")[
             "case_id"
         ]

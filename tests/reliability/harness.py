@@ -25,15 +25,21 @@ TH_INVESTIGATOR = "th-rtp-investigator"
 
 
 def dev_client(
-    url: str, client_id: str = TH_INVESTIGATOR, *, timeout: float = 30.0
+    url: str, client_id: str = TH_INVESTIGATOR, *, timeout: float = 30.0, dpop: bool = False
 ) -> ExchangeClient:
-    """A client of the dev bootstrap, signing with its agency's committed dev key."""
+    """A client of the dev bootstrap, signing with its agency's committed dev key.
+
+    Bearer tokens by default: these tests send `login()["access_token"]` in raw requests of
+    their own, as `Authorization: Bearer` (development nodes accept them), and are about
+    faults, not authentication (DPoP is tested in tests/api/test_dpop.py).
+    """
     agency = "-".join(client_id.split("-")[:2]).upper()
     return ExchangeClient(
         base_url=url,
         client_id=client_id,
         signer=Signer.from_pem((DEV_KEY_DIR / f"{agency}.key.pem").read_bytes()),
         http=httpx.Client(timeout=httpx.Timeout(timeout)),
+        dpop=dpop,
     )
 
 
