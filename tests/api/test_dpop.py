@@ -25,9 +25,9 @@ from exchange.api.app import bootstrap_development
 from exchange.client import ExchangeClient, make_client_assertion
 from exchange.dpop import NonceSource, key_thumbprint, make_proof
 from exchange.model import Role
+from exchange.service.dpop import ProofReplayCache
 from exchange.settings import DEV_KEY_DIR, Settings
 from exchange.signing import Signer
-from exchange.service.dpop import ProofReplayCache
 from exchange.storage.db import create_schema, make_engine, session_scope
 from exchange.storage.tables import CaseRow, DPoPProofRow
 from tests.api.conftest import (
