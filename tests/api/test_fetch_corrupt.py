@@ -160,8 +160,8 @@ def test_a_small_corrupt_object_is_a_502_problem_with_no_byte_of_it(node: Node, 
     assert SMALL <= HELD_MAX_BYTES
     case_id, package_id, data = corrupt_case(node, tmp_path, SMALL)
     with client_of(node, PH_PARTNER) as ph:
-        token = ph._auth()
-        response = httpx.get(file_url(node, case_id, package_id), headers=token)
+        url = file_url(node, case_id, package_id)
+        response = httpx.get(url, headers=ph._auth("GET", url))  # DPoP: a proof for this URL
     assert response.status_code == 502
     assert response.headers["content-type"] == "application/problem+json"
     assert "repr-digest" not in response.headers
@@ -187,8 +187,8 @@ def test_a_large_corrupt_object_is_broken_off_cleanly_and_recorded(node: Node, t
     case_id, package_id, _ = corrupt_case(node, tmp_path, LARGE)
     received = bytearray()
     with client_of(node, PH_PARTNER) as ph:
-        headers = ph._auth()
-        with httpx.stream("GET", file_url(node, case_id, package_id), headers=headers) as response:
+        url = file_url(node, case_id, package_id)
+        with httpx.stream("GET", url, headers=ph._auth("GET", url)) as response:
             assert response.status_code == 200
             assert response.headers["content-length"] == str(LARGE)
             with pytest.raises(httpx.RemoteProtocolError):

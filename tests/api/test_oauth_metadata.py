@@ -39,6 +39,7 @@ def test_metadata_names_the_issuer_token_endpoint_and_keys(api: Api):
             "evidence:upload",
             "grants:manage",
         ],
+        "dpop_signing_alg_values_supported": ["Ed25519", "EdDSA", "ES256"],
     }
 
 

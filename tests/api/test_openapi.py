@@ -393,10 +393,13 @@ def recorded_sqlite(
 def _refusals(live: LiveServer, tmp_path: Path) -> None:
     """Requests the API must refuse, one or more per declared error kind."""
     url = live.url
+    # Bearer tokens (dpop=False): the raw requests below send them as `Authorization: Bearer`.
     with (
-        ExchangeClient(base_url=url, client_id=TH_INVESTIGATOR, signer=dev_signer("TH-RTP")) as th,
         ExchangeClient(
-            base_url=url, client_id=PH_PARTNER, signer=dev_signer(AGENCY_OF[PH_PARTNER])
+            base_url=url, client_id=TH_INVESTIGATOR, signer=dev_signer("TH-RTP"), dpop=False
+        ) as th,
+        ExchangeClient(
+            base_url=url, client_id=PH_PARTNER, signer=dev_signer(AGENCY_OF[PH_PARTNER]), dpop=False
         ) as ph,
     ):
         th_auth = {"Authorization": f"Bearer {th.login()['access_token']}"}

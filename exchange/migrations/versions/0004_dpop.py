@@ -1,7 +1,7 @@
 """DPoP proof replay cache (RFC 9449): the ids of proofs already used, until they expire.
 
-Revision ID: 0003_dpop
-Revises: 0002_service
+Revision ID: 0004_dpop
+Revises: 0003_case_chain
 Create Date: 2026-12-01
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003_dpop"
-down_revision: str | None = "0002_service"
+revision: str = "0004_dpop"
+down_revision: str | None = "0003_case_chain"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
