@@ -1,7 +1,7 @@
 """DPoP proof replay cache (RFC 9449): the ids of proofs already used, until they expire.
 
-Revision ID: 0004_dpop
-Revises: 0003_case_chain
+Revision ID: 0005_dpop
+Revises: 0004_access_indexes
 Create Date: 2026-12-01
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0004_dpop"
-down_revision: str | None = "0003_case_chain"
+revision: str = "0005_dpop"
+down_revision: str | None = "0004_access_indexes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
