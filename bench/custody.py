@@ -13,8 +13,10 @@ partner's view (the partner's own fetches disclosed, the rest redacted stubs):
 - bundle size as served JSON (target <= 5 MB);
 - verify: `exchange.custody.verify_bundle` over the parsed bundle (target <= 1 s).
 
-It also prints the batched append rate while building (compare bench/ledger.py before v2; the
-append target is <= 1.5x today's cost at 1M).
+It also prints the batched append rate while building (bench/ledger_append_ab.py compares the
+append cost with the v1 ledger's; target <= 1.5x), and the latency of one-entry appends (the
+write every fetch makes) alone and while another process exports the large case back to back:
+writers must never wait for an export.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +33,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from sqlalchemy import Engine  # noqa: E402
 
 from exchange.custody import verify_bundle  # noqa: E402
 from exchange.custody.disclosure import Audience  # noqa: E402
@@ -48,6 +53,7 @@ PARTNERS = (
 )
 CASE = "TH-2026-BENCH"
 PACKAGE = "0b9e7c1a-3f4d-4e2b-9a6c-5d8e7f6a1b2c"
+ORIGIN = "bench.example/ledger"
 
 
 def case_entry(k: int) -> NewEntry:
@@ -73,17 +79,66 @@ def other_entry(i: int) -> NewEntry:
     )
 
 
+def export(engine: Engine, log: LogSigner, audience: Audience) -> bytes:
+    """Record an export and build its bundle, as the service does (two transactions)."""
+    appended = store.append_committed(
+        engine,
+        NewEntry(
+            OWNER if audience.owner else PARTNERS[0],
+            Action.CUSTODY_EXPORTED,
+            CASE,
+            None,
+            {"format": "exchange.custody-bundle/v2", "audience": audience.view},
+        ),
+        log=log,
+        now=NOW,
+    )
+    done = Export(CASE, "TH-RTP", audience, appended.seq, appended.checkpoint, NOW)
+    with session_scope(engine, read_only=True) as session:
+        return build_bundle(session, export=done, origin=log.origin)
+
+
+def export_loop(db: str, key: str, seconds: float) -> None:
+    """Child process: export the large case back to back for `seconds`."""
+    log = LogSigner.from_signer(Signer.from_pem(Path(key).read_bytes()), origin=ORIGIN)
+    engine = make_engine(f"sqlite:///{db}")
+    end = time.monotonic() + seconds
+    count = 0
+    while time.monotonic() < end:
+        export(engine, log, Audience("TH-RTP", "TH", owner=True))
+        count += 1
+    print(count)
+
+
+def append_latencies(engine: Engine, log: LogSigner, count: int) -> list[float]:
+    out = []
+    for i in range(count):
+        start = time.perf_counter()
+        store.append_committed(engine, other_entry(i), log=log, now=NOW)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return sorted(values)[min(len(values) - 1, int(q * len(values)))]
+
+
 def main() -> None:
+    if len(sys.argv) == 5 and sys.argv[1] == "--export-loop":
+        export_loop(sys.argv[2], sys.argv[3], float(sys.argv[4]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
     parser.add_argument("--case-entries", type=int, default=10_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
+    parser.add_argument("--appends", type=int, default=300, help="one-entry appends to time")
     args = parser.parse_args()
     n, k = args.entries, args.case_entries
     every = n // k
-    log = LogSigner.from_signer(Signer.generate(), origin="bench.example/ledger")
+    signer = Signer.generate()
+    log = LogSigner.from_signer(signer, origin=ORIGIN)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         engine = make_engine(f"sqlite:///{Path(tmp) / 'ledger.db'}")
         create_schema(engine)
@@ -106,21 +161,7 @@ def main() -> None:
             exports, verifies, sizes = [], [], []
             for _ in range(args.rounds):
                 start = time.perf_counter()
-                appended = store.append_committed(
-                    engine,
-                    NewEntry(
-                        OWNER if audience.owner else PARTNERS[0],
-                        Action.CUSTODY_EXPORTED,
-                        CASE,
-                        None,
-                        {"format": "exchange.custody-bundle/v2", "audience": audience.view},
-                    ),
-                    log=log,
-                    now=NOW,
-                )
-                export = Export(CASE, "TH-RTP", audience, appended.seq, appended.checkpoint, NOW)
-                with session_scope(engine, read_only=True) as session:
-                    text = build_bundle(session, export=export, origin=log.origin)
+                text = export(engine, log, audience)
                 exports.append(time.perf_counter() - start)
                 sizes.append(len(text))
                 parsed = json.loads(text)
@@ -134,6 +175,26 @@ def main() -> None:
                 f"bundle {statistics.median(sizes) / 1e6:.2f} MB (target <= 5), "
                 f"{report.case_entries:,} entries, {report.redacted:,} redacted"
             )
+        alone = append_latencies(engine, log, args.appends)
+        key = Path(tmp) / "log.key.pem"
+        key.write_bytes(signer.private_pem())
+        child = subprocess.Popen(
+            [sys.executable, __file__, "--export-loop", str(Path(tmp) / "ledger.db"), str(key),
+             "3600"],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        time.sleep(1.0)  # let the first export start
+        try:
+            busy = append_latencies(engine, log, args.appends)
+        finally:
+            child.terminate()
+            child.wait()
+        print(
+            f"  one-entry appends (a fetch's write): p50/p99 {percentile(alone, 0.5) * 1000:.1f}/"
+            f"{percentile(alone, 0.99) * 1000:.1f} ms alone, "
+            f"{percentile(busy, 0.5) * 1000:.1f}/{percentile(busy, 0.99) * 1000:.1f} ms while "
+            "another process exports the large case back to back"
+        )
         engine.dispose()
 
 

@@ -104,24 +104,26 @@ def build_bundle(session: Session, *, export: Export, origin: str) -> bytes:
     """
     size = export.seq + 1
     rows = ledger_store.case_entries(session, export.case_id, below=size)
-    # Stored entries were validated when appended (and `ledger verify` re-checks them).
-    objects = [json.loads(data) for _, data in rows]
-    shown = disclosed(objects, owner_agency=export.owner_agency, audience=export.audience)
     entries: list[bytes] = []
-    for index, ((seq, data), obj, show) in enumerate(zip(rows, objects, shown, strict=True)):
-        if show:
-            entries.append(b'{"entry":%s,"seq":%d}' % (_without_case_prev(data), seq))
-        else:
+    if export.audience.owner:
+        # Every entry disclosed: the stored bytes go out as they are, nothing parsed.
+        entries = [b'{"entry":%s,"seq":%d}' % (_without_case_prev(r.data), r.seq) for r in rows]
+    else:
+        # Stored entries were validated when appended (and `ledger verify` re-checks them).
+        objects = [json.loads(r.data) for r in rows]
+        shown = disclosed(objects, owner_agency=export.owner_agency, audience=export.audience)
+        for index, (row, obj, show) in enumerate(zip(rows, objects, shown, strict=True)):
+            if show:
+                entries.append(b'{"entry":%s,"seq":%d}' % (_without_case_prev(row.data), row.seq))
+                continue
             stub = {
                 "case_seq": obj.get("case_seq", index),
-                "leaf_hash": _b64(merkle.leaf_hash(data)),
-                "seq": seq,
+                "leaf_hash": _b64(merkle.leaf_hash(row.data)),
+                "seq": row.seq,
             }
             entries.append(json.dumps(stub, separators=(",", ":")).encode())
     sealed_ids = [
-        o["package_id"]
-        for o in objects
-        if o["action"] == Action.PACKAGE_SEALED and isinstance(o.get("package_id"), str)
+        r.package_id for r in rows if r.action == Action.PACKAGE_SEALED and r.package_id is not None
     ]
     sealed = {
         p.id: p

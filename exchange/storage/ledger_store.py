@@ -453,14 +453,24 @@ def entries_for_case(session: Session, case_id: str) -> list[LedgerEntryRow]:
     )
 
 
-def case_entries(session: Session, case_id: str, *, below: int) -> list[tuple[int, bytes]]:
-    """(seq, canonical bytes) of every entry of a case with seq < `below`, in seq order."""
+@dataclass(frozen=True)
+class CaseEntryRow:
+    """One entry of a case as an export reads it: its bytes and the columns indexing them."""
+
+    seq: int
+    data: bytes
+    action: str
+    package_id: str | None
+
+
+def case_entries(session: Session, case_id: str, *, below: int) -> list[CaseEntryRow]:
+    """Every entry of a case with seq < `below`, in seq order."""
     rows = session.connection().execute(
-        select(_ENTRY.c.seq, _ENTRY.c.data)
+        select(_ENTRY.c.seq, _ENTRY.c.data, _ENTRY.c.action, _ENTRY.c.package_id)
         .where(_ENTRY.c.case_id == case_id, _ENTRY.c.seq < below)
         .order_by(_ENTRY.c.seq)
     )
-    return [(int(seq), bytes(data)) for seq, data in rows]
+    return [CaseEntryRow(int(s), bytes(d), a, p) for s, d, a, p in rows]
 
 
 _KEY_ACTIONS = (Action.KEY_REGISTERED.value, Action.KEY_REVOKED.value)
