@@ -46,6 +46,7 @@ from exchange.errors import (
     UnavailableError,
     VerificationError,
 )
+from exchange.storage.db import is_transient
 
 logger = logging.getLogger("exchange.api")
 
@@ -225,7 +226,12 @@ async def _on_http_error(_request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, code, str(exc.detail), str(exc.detail), headers=headers)
 
 
-async def _on_database_down(_request: Request, exc: Exception) -> JSONResponse:
+async def _on_database_down(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, OperationalError)  # noqa: S101  # registered for it only
+    if not is_transient(exc):
+        # A bug the driver files as "operational" (too many parameters, a syntax error):
+        # retrying cannot help, so it is no 503.
+        return await _on_unknown(request, exc)
     # The same answer as an OperationalError translated inside a ledger append.
     translated = DatabaseUnavailableError(
         "the database is unavailable or busy", retry_after=DB_RETRY_AFTER

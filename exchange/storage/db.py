@@ -23,13 +23,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlmodel import Session
 
 from exchange.errors import InvalidInputError
@@ -206,6 +206,54 @@ def _configure_sqlite(engine: Engine) -> None:
             if isinstance(driver, _SQLiteConnection):
                 driver.let_go()
             raise
+
+
+# SQLite primary result codes of a database that is busy, locked, out of room or unreadable:
+# worth a retry. Any other code (SQLITE_ERROR: a syntax error, a missing table or column;
+# SQLITE_READONLY: a write in a read-only transaction) is a bug, and retrying cannot help.
+_SQLITE_TRANSIENT: Final = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_NOMEM,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_CANTOPEN,
+        sqlite3.SQLITE_PROTOCOL,
+    }
+)
+# PostgreSQL SQLSTATE classes and codes of an outage or contention: connection exception,
+# insufficient resources, operator intervention (shutdown, cancel), system error, transaction
+# rollback (serialization failure, deadlock), lock not available.
+# See: https://www.postgresql.org/docs/current/errcodes-appendix.html
+_PG_TRANSIENT_CLASSES: Final = frozenset({"08", "53", "57", "58", "40"})
+_PG_TRANSIENT_CODES: Final = frozenset({"55P03"})
+
+
+def is_transient(exc: DBAPIError) -> bool:
+    """Whether a database error means "down or busy, retry later" rather than a bug.
+
+    Drivers file both under `OperationalError`: psycopg raises it for a statement with more
+    than 65,535 parameters as for a refused connection, SQLite for a syntax error as for a
+    locked database. Only an outage may be answered 503 with `Retry-After`; a bug retried
+    stays a bug, so it must surface as one (500).
+    """
+    if exc.connection_invalidated:
+        return True
+    orig = exc.orig
+    if isinstance(orig, sqlite3.Error):
+        code = getattr(orig, "sqlite_errorcode", None)
+        # Errors built by hand (the in-process writer lock's timeout) carry no code.
+        return code is None or (code & 0xFF) in _SQLITE_TRANSIENT
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        return sqlstate[:2] in _PG_TRANSIENT_CLASSES or sqlstate in _PG_TRANSIENT_CODES
+    if hasattr(orig, "pgconn"):
+        # psycopg without a SQLSTATE: the server never answered. With a connection attached,
+        # it could not be reached or was lost; without one, psycopg refused the statement
+        # before sending it (a client-side misuse, like too many parameters).
+        return getattr(orig, "pgconn", None) is not None
+    return isinstance(exc, OperationalError)
 
 
 def is_sqlite(engine_or_session: Engine | Session) -> bool:

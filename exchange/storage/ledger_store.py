@@ -55,7 +55,7 @@ from exchange.ledger.entry import GENESIS_PREV, Action, NewEntry, make_entry
 from exchange.ledger.proof import proof_document
 from exchange.ledger.signer import LogSigner
 from exchange.model import parse_json
-from exchange.storage.db import make_engine, session_scope
+from exchange.storage.db import is_transient, make_engine, session_scope
 
 # pg_advisory_xact_lock key serializing ledger appends: the first 8 bytes of SHA-256("exchange.ledger").
 APPEND_LOCK_KEY = int.from_bytes(
@@ -324,6 +324,8 @@ def append_many(
             [(size, note, time_value)],
         )
     except OperationalError as exc:
+        if not is_transient(exc):
+            raise  # a bug, not an outage: no 503
         # The driver's text (hosts, backend messages) stays in the cause, for the server log.
         raise DatabaseUnavailableError(
             "ledger append failed: the database is unavailable or busy"

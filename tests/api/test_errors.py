@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import inspect
 import json
+import sqlite3
 import uuid
+from collections.abc import Iterator
+from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, create_engine, literal_column, select
 from sqlalchemy.exc import OperationalError
 
 from exchange import errors as domain
 from exchange.api import errors
 from exchange.api.app import create_app
 from exchange.settings import Settings
+from exchange.storage.db import make_engine
+from tests.exchange_server import free_port
 
 
 def all_subclasses(cls: type) -> set[type]:
@@ -150,3 +157,91 @@ def test_unknown_errors_stay_500_and_database_outages_are_503(tmp_path, caplog):
     missing = http.get("/no/such/route")
     assert missing.status_code == 404
     assert missing.json()["type"].endswith("/not_found")
+
+
+# ----------------------------------------------- database errors: outage (503) or bug (500)
+
+
+def _too_many_parameters(engine: Engine) -> None:
+    # PostgreSQL's protocol takes at most 65,535 parameters; psycopg refuses more before
+    # sending, as an OperationalError, though nothing is down.
+    with engine.connect() as connection:
+        connection.execute(
+            select(literal_column("1")).where(literal_column("1").in_(list(range(70_000))))
+        )
+
+
+def _missing_table(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT * FROM no_such_table")  # sqlite3.OperationalError
+
+
+def _select_one(engine: Engine) -> None:
+    with engine.connect() as connection:
+        connection.exec_driver_sql("SELECT 1")
+
+
+@pytest.fixture
+def db_app(tmp_path: Path, pg_url: str) -> Iterator[tuple[TestClient, Engine]]:
+    """An app with routes that run statements on real databases, outside the app's own."""
+    # A plain engine: the product's waits 30 s for a lock, this one gives up after 0.1 s.
+    sqlite = create_engine(f"sqlite:///{tmp_path / 'other.db'}", connect_args={"timeout": 0.1})
+    engines = {
+        "pg": make_engine(pg_url),
+        "sqlite": sqlite,
+        "pg-down": make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/x"),
+    }
+    app = create_app(Settings(data_dir=tmp_path / "var"))
+    app.add_api_route("/params", lambda: _too_many_parameters(engines["pg"]))
+    app.add_api_route("/sqlite-bug", lambda: _missing_table(engines["sqlite"]))
+    app.add_api_route("/sqlite-locked", lambda: _select_one_write(engines["sqlite"]))
+    app.add_api_route("/pg-down", lambda: _select_one(engines["pg-down"]))
+    try:
+        yield TestClient(app, raise_server_exceptions=False), sqlite
+    finally:
+        for engine in engines.values():
+            engine.dispose()
+
+
+def _select_one_write(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (n INTEGER)")  # needs the lock
+
+
+def _assert_internal_error(response: httpx.Response, log: str) -> None:
+    assert response.status_code == 500
+    assert "retry-after" not in response.headers
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == errors.problem_type("internal_error")
+    assert body["detail"] == errors.INTERNAL_ERROR_DETAIL
+    assert f"incident {body['incident']}" in log
+
+
+def test_a_statement_with_too_many_parameters_is_a_bug_not_an_outage(db_app, caplog):
+    http, _ = db_app
+    _assert_internal_error(http.get("/params"), caplog.text)
+    assert "number of parameters must be between 0 and 65535" in caplog.text
+
+
+def test_a_sqlite_programming_error_is_a_500(db_app, caplog):
+    http, _ = db_app
+    _assert_internal_error(http.get("/sqlite-bug"), caplog.text)
+    assert "no such table" in caplog.text
+
+
+def test_real_database_outages_stay_503(db_app):
+    http, sqlite = db_app
+    down = http.get("/pg-down")
+    assert down.status_code == 503
+    assert down.headers["retry-after"] == "5"
+    assert down.json()["type"] == errors.problem_type("database_unavailable")
+    # Another connection holds SQLite's write lock: "database is locked" is worth a retry.
+    holder = sqlite3.connect(str(sqlite.url.database), isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        locked = http.get("/sqlite-locked")
+    finally:
+        holder.close()
+    assert locked.status_code == 503
+    assert locked.json()["type"] == errors.problem_type("database_unavailable")
