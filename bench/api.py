@@ -5,6 +5,7 @@
     python bench/api.py --profile /tmp/api.txt    # also a pyinstrument profile of the server
     python bench/api.py --caller partner          # as PH-NBI under a grant, not as the owner
                                                   # (its package reads append package.viewed)
+    python bench/api.py --grants 100000           # partner vs owner with 100,000 grants stored
 
 The server is the real app (`create_app` on embedded defaults: SQLite + local store) in a
 subprocess started by this script with `--child`, which adds one route, `GET /bench/raw/{name}`,
@@ -12,6 +13,13 @@ answering bytes held in memory: the bare-FastAPI baseline on the same process. T
 there exactly the bytes the exchange answers (the 4 KiB object, the case document), then for
 each concurrency runs httpx async clients, each looping on one URL with a valid token, for
 --seconds. Prints requests/s, p50 and p99 latency and the ratio exchange/baseline (goal >= 0.5).
+
+With --grants N the comparison is partner against owner instead: N cases with one grant each
+are written straight into the node's database (90 % of them to PH, the partner's country, the
+rest to VN), then the owner (TH-RTP) and the partner (PH-NBI, under its grant) read the same
+case and fetch the same object in turn. Prints both rates and the partner's time per request
+relative to the owner's (goal <= 1.2): every partner request also reads the case's grants for
+its country, which must stay one index probe however many grants the country holds.
 
 The clients run on the same machine as the server and take CPU from it; the ratio compares like
 with like, the absolute rates are a floor.
@@ -43,6 +51,9 @@ from common import (
 from fastapi import Request, Response
 
 from exchange.client import file_url
+from exchange.settings import Settings
+from exchange.storage.db import make_engine
+from tests.builders import insert_granted_cases
 
 OBJECT_BYTES = 4096
 NAME = "small.bin"
@@ -99,8 +110,10 @@ def child(port: int, profile: Path | None) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-async def hammer(url: str, token: str, clients: int, seconds: float) -> tuple[float, float, float]:
-    """(requests/s, p50 ms, p99 ms) of `clients` loops GETting `url` for `seconds`."""
+async def hammer_samples(
+    url: str, token: str, clients: int, seconds: float
+) -> tuple[list[float], float]:
+    """(latencies, elapsed seconds) of `clients` loops GETting `url` for `seconds`."""
     latencies: list[float] = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     headers = {"Authorization": f"Bearer {token}"}
@@ -119,8 +132,33 @@ async def hammer(url: str, token: str, clients: int, seconds: float) -> tuple[fl
         start = time.perf_counter()
         await asyncio.gather(*(loop() for _ in range(clients)))
         elapsed = time.perf_counter() - start
+    return latencies, elapsed
+
+
+def figures(latencies: list[float], elapsed: float) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms)."""
     cuts = statistics.quantiles(latencies, n=100)
     return len(latencies) / elapsed, cuts[49] * 1000, cuts[98] * 1000
+
+
+async def hammer(url: str, token: str, clients: int, seconds: float) -> tuple[float, float, float]:
+    """(requests/s, p50 ms, p99 ms) of `clients` loops GETting `url` for `seconds`."""
+    return figures(*await hammer_samples(url, token, clients, seconds))
+
+
+def alternate(
+    url: str, tokens: dict[str, str], clients: int, seconds: float, rounds: int
+) -> dict[str, tuple[float, float, float]]:
+    """Each caller's figures over `rounds` turns of seconds/rounds, taken in turn, so that a
+    burst of load from elsewhere on the machine falls on both alike."""
+    samples: dict[str, list[float]] = {name: [] for name in tokens}
+    elapsed = dict.fromkeys(tokens, 0.0)
+    for _ in range(rounds):
+        for name, token in tokens.items():
+            latencies, spent = asyncio.run(hammer_samples(url, token, clients, seconds / rounds))
+            samples[name] += latencies
+            elapsed[name] += spent
+    return {name: figures(samples[name], elapsed[name]) for name in tokens}
 
 
 def prepare(server: BenchServer, work: Path, caller: str) -> tuple[str, dict[str, str]]:
@@ -168,6 +206,63 @@ def prepare(server: BenchServer, work: Path, caller: str) -> tuple[str, dict[str
     return server.token(PH_PARTNER if caller == "partner" else TH_INVESTIGATOR), urls
 
 
+def store_grants(server: BenchServer, count: int) -> float:
+    """Write `count` cases with one grant each into the node's database; returns seconds."""
+    start = time.perf_counter()
+    engine = make_engine(Settings(data_dir=server.data_dir).resolved_database_url)
+    now = datetime.now(UTC)
+    to_ph = count * 9 // 10
+    try:
+        for country, n in (("PH", to_ph), ("VN", count - to_ph)):
+            insert_granted_cases(
+                engine,
+                count=n,
+                created_from=now - timedelta(days=1),
+                grant_expires_at=now + timedelta(days=30),
+                grantee_country=country,
+            )
+    finally:
+        engine.dispose()
+    return time.perf_counter() - start
+
+
+def partner_vs_owner(server: BenchServer, work: Path, args: argparse.Namespace) -> int:
+    """Owner and partner on the same case and object, with `args.grants` grants stored."""
+    _, urls = prepare(server, work, "partner")
+    seconds = store_grants(server, args.grants)
+    print(f"  {args.grants} grants stored in {seconds:.1f} s", flush=True)
+    tokens = {"owner": server.token(TH_INVESTIGATOR), "partner": server.token(PH_PARTNER)}
+    rows: list[list[object]] = []
+    ratios: list[float] = []
+    for clients in [int(c) for c in args.clients.split(",")]:
+        for name in ("small-object fetch", "GET /v1/cases/{id}"):
+            taken = alternate(urls[name], tokens, clients, args.seconds, rounds=3)
+            owner, partner = taken["owner"], taken["partner"]
+            ratio = owner[0] / partner[0]  # time per request, partner over owner
+            ratios.append(ratio)
+            rows.append([name, clients, *owner, *partner, ratio])
+            print(f"  .. {name} x{clients} done", flush=True)
+    print_table(
+        [
+            "endpoint",
+            "clients",
+            "owner req/s",
+            "owner p50",
+            "owner p99",
+            "partner req/s",
+            "partner p50",
+            "partner p99",
+            "partner/owner",
+        ],
+        rows,
+    )
+    print(
+        f"  goal: partner/owner time per request <= 1.2 at {args.grants} grants; "
+        f"worst {max(ratios):.2f}"
+    )
+    return 0
+
+
 def main() -> int:
     """Start the server, run every endpoint at every concurrency, print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -179,6 +274,12 @@ def main() -> int:
         choices=["owner", "partner"],
         default="owner",
         help="the case's owner, or a partner under a grant",
+    )
+    parser.add_argument(
+        "--grants",
+        type=int,
+        default=0,
+        help="store this many grants, then compare partner with owner (e.g. 100000)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -196,6 +297,16 @@ def main() -> int:
         f"api: requests/s and latency, exchange vs bare FastAPI on the same process; {core_count()}"
         f"; caller: {args.caller}"
     )
+    if args.grants > 0:
+        print(
+            f"api: partner (PH-NBI, under a grant) vs owner (TH-RTP), {args.grants} grants "
+            f"stored; {core_count()}"
+        )
+        with (
+            tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
+            exchange_server(Path(tmp), argv=argv) as server,
+        ):
+            return partner_vs_owner(server, Path(tmp), args)
     rows: list[list[object]] = []
     with (
         tempfile.TemporaryDirectory(prefix="bench-api-") as tmp,
