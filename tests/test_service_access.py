@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from exchange.service.access import _GRANTS_TO_COUNTRY
+from exchange.service.access import _CASE_WITH_GRANTS, _GRANTS_TO_COUNTRY
+from exchange.service.fetch import _TARGET
 from exchange.storage.db import create_schema, make_engine, session_scope
 from exchange.storage.tables import AgencyRow
 from tests.builders import insert_granted_cases
@@ -16,8 +17,20 @@ from tests.builders import insert_granted_cases
 NOW = datetime(2026, 12, 1, tzinfo=UTC)
 
 
+GRANT_SEARCH = (
+    "SEARCH case_grant USING INDEX ix_case_grant_case_country (case_id=? AND grantee_country=?)"
+)
+# Each query that reads a case's grants for the caller's country, and its plan's grant step.
+QUERIES = {
+    "grants of a case": (_GRANTS_TO_COUNTRY, GRANT_SEARCH),
+    "case with its grants": (_CASE_WITH_GRANTS, GRANT_SEARCH + " LEFT-JOIN"),
+    "fetch target": (_TARGET, GRANT_SEARCH + " LEFT-JOIN"),
+}
+
+
+@pytest.mark.parametrize("query", sorted(QUERIES))
 @pytest.mark.parametrize("analyzed", [False, True], ids=["no-statistics", "analyzed"])
-def test_the_grant_check_searches_the_composite_index(tmp_path: Path, analyzed: bool):
+def test_the_grant_check_searches_the_composite_index(tmp_path: Path, analyzed: bool, query: str):
     engine = make_engine(f"sqlite:///{tmp_path / 'exchange.db'}")
     try:
         create_schema(engine)

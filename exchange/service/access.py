@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from sqlalchemy import (
     ColumnElement,
     Exists,
     Row,
+    Select,
     Table,
+    and_,
     bindparam,
     exists,
     literal,
@@ -97,6 +100,58 @@ _GRANTS_TO_COUNTRY = core_select(
 ).where(_GRANT.c.case_id == bindparam("case_id"), _GRANT.c.grantee_country == bindparam("country"))
 
 
+# The grant columns under names of their own, to read beside a case (or file) row: see
+# `with_grants_to_country`.
+_GRANT_LABELS: Final = tuple(
+    c.label(f"grant_{c.name}") for c in _GRANTS_TO_COUNTRY.selected_columns
+)
+
+
+def with_grants_to_country(query: Select[Any]) -> Select[Any]:
+    """`query` (which selects from `evidence_case`) with the case's grants to the country bound
+    as ``country`` joined on, one row per grant (one row with null grant columns if none).
+
+    The owner's and the partner's reads then cost one round trip alike; the join probes the
+    grant index (case_id, grantee_country), so the country's other grants are never read.
+    """
+    on = and_(_GRANT.c.case_id == _CASE.c.id, _GRANT.c.grantee_country == bindparam("country"))
+    return query.add_columns(*_GRANT_LABELS).outerjoin(_GRANT, on)
+
+
+def check_joined(
+    principal: Principal, case: CaseView, rows: Sequence[AnyRow], *, now: datetime
+) -> GrantView | None:
+    """`readable_case` on rows read with `with_grants_to_country`: the grant the caller reads
+    under (`authorizing_grant`), None for the owner. Raises `NotFoundError` if the caller may
+    not see the case."""
+    if case.owner_agency == principal.agency:
+        return None
+    grants = joined_grants(rows)
+    check_case_access(principal, case, grants, now=now)
+    return authorizing_grant(principal, case, grants, now=now)
+
+
+def joined_grants(rows: Sequence[AnyRow]) -> list[GrantView]:
+    """The grants of rows read with `with_grants_to_country`."""
+    return [
+        GrantView(
+            grant_id=r.grant_id,
+            case_id=r.grant_case_id,
+            grantee_country=r.grant_grantee_country,
+            grantee_agency=r.grant_grantee_agency,
+            scope=frozenset(r.grant_scope.split()),
+            expires_at=r.grant_expires_at,
+            revoked_at=r.grant_revoked_at,
+        )
+        for r in rows
+        if r.grant_id is not None
+    ]
+
+
+# A case and its grants to the caller's country, in one round trip.
+_CASE_WITH_GRANTS = with_grants_to_country(_CASE_BY_ID)
+
+
 def _grants_for(session: Session, principal: Principal, case_id: str) -> list[GrantView]:
     rows = session.connection().execute(
         _GRANTS_TO_COUNTRY, {"case_id": case_id, "country": principal.country}
@@ -112,21 +167,6 @@ def _case_and_grants(
         # The owner needs no grant: skip the query on the most common path.
         return case, []
     return case, _grants_for(session, principal, case_id)
-
-
-def check_readable(
-    session: Session, principal: Principal, case: CaseView, *, now: datetime
-) -> GrantView | None:
-    """`readable_case` for a case already read: its live grants are read now, unless owned.
-
-    Returns the grant the caller reads under (`authorizing_grant`), None for the owner. Raises
-    `NotFoundError` if the caller may not see the case.
-    """
-    if case.owner_agency == principal.agency:
-        return None
-    grants = _grants_for(session, principal, case.case_id)
-    check_case_access(principal, case, grants, now=now)
-    return authorizing_grant(principal, case, grants, now=now)
 
 
 def readable_case_and_grant(
@@ -155,11 +195,19 @@ def readable_case_row(
     session: Session, principal: Principal, case_id: str, *, now: datetime
 ) -> AnyRow:
     """`readable_case` read as a plain row of the case's columns (nothing to write back)."""
-    row = session.connection().execute(_CASE_BY_ID, {"case_id": case_id}).one_or_none()
-    if row is None:
+    rows = (
+        session.connection()
+        .execute(_CASE_WITH_GRANTS, {"case_id": case_id, "country": principal.country})
+        .all()
+    )
+    if not rows:
         raise NotFoundError("case not found")
-    check_readable(
-        session, principal, CaseView(case_id=row.id, owner_agency=row.owner_agency), now=now
+    row = rows[0]
+    check_case_access(
+        principal,
+        CaseView(case_id=row.id, owner_agency=row.owner_agency),
+        joined_grants(rows),
+        now=now,
     )
     return row
 

@@ -28,9 +28,10 @@ from exchange.model import Principal
 from exchange.package import check_path
 from exchange.service.access import (
     actor_of,
-    check_readable,
+    check_joined,
     grant_detail,
     readable_case_and_grant,
+    with_grants_to_country,
 )
 from exchange.service.packages import SEALED, visible_package
 from exchange.storage import ledger_store
@@ -100,8 +101,9 @@ _CASE: Table = CaseRow.__table__  # type: ignore[attr-defined]  # SQLModel sets 
 _PACKAGE: Table = PackageRow.__table__  # type: ignore[attr-defined]
 _FILE: Table = PackageFileRow.__table__  # type: ignore[attr-defined]
 
-# The file, its package and its case in one round trip (Core, no ORM objects), for a fetch.
-_TARGET = (
+# The file, its package, its case and the case's grants to the caller's country in one round
+# trip (Core, no ORM objects), for a fetch.
+_TARGET = with_grants_to_country(
     select(
         _CASE.c.owner_agency,
         _PACKAGE.c.state,
@@ -127,17 +129,26 @@ _TARGET = (
 def _fetchable(
     session: Session, principal: Principal, now: datetime, case_id: str, package_id: str, path: str
 ) -> StoredFile:
-    found = (
+    rows = (
         session.connection()
-        .execute(_TARGET, {"case_id": case_id, "package_id": package_id, "path": path})
-        .one_or_none()
+        .execute(
+            _TARGET,
+            {
+                "case_id": case_id,
+                "package_id": package_id,
+                "path": path,
+                "country": principal.country,
+            },
+        )
+        .all()
     )
+    found = rows[0] if rows else None
     if found is None or found.state != SEALED:
         # Nothing to serve: the step-by-step checks say which answer the caller gets.
         return _fetchable_stepwise(session, principal, now, case_id, package_id, path)
     # The checks of `_fetchable_stepwise`, in its order, on the row read at once: a sealed
     # package is visible to whoever may read its case.
-    grant = check_readable(session, principal, CaseView(case_id, found.owner_agency), now=now)
+    grant = check_joined(principal, CaseView(case_id, found.owner_agency), rows, now=now)
     check_scope(principal, "evidence:read")
     check_path(path)
     return StoredFile(
