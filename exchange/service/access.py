@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from types import SimpleNamespace
 from typing import Any, Final
 
 from sqlalchemy import (
@@ -48,8 +49,8 @@ def actor_of(principal: Principal) -> Actor:
     )
 
 
-def grant_view(row: GrantRow | AnyRow) -> GrantView:
-    """The authorization view of one grant row (ORM object or Core row)."""
+def grant_view(row: GrantRow | AnyRow | SimpleNamespace) -> GrantView:
+    """The authorization view of one grant row (ORM object, Core row, or its named columns)."""
     return GrantView(
         grant_id=row.id,
         case_id=row.case_id,
@@ -134,15 +135,7 @@ def check_joined(
 def joined_grants(rows: Sequence[AnyRow]) -> list[GrantView]:
     """The grants of rows read with `with_grants_to_country`."""
     return [
-        GrantView(
-            grant_id=r.grant_id,
-            case_id=r.grant_case_id,
-            grantee_country=r.grant_grantee_country,
-            grantee_agency=r.grant_grantee_agency,
-            scope=frozenset(r.grant_scope.split()),
-            expires_at=r.grant_expires_at,
-            revoked_at=r.grant_revoked_at,
-        )
+        grant_view(SimpleNamespace(**{c.element.name: r._mapping[c.name] for c in _GRANT_LABELS}))
         for r in rows
         if r.grant_id is not None
     ]
