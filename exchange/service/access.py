@@ -162,6 +162,21 @@ def _case_and_grants(
     return case, _grants_for(session, principal, case_id)
 
 
+def check_readable(
+    session: Session, principal: Principal, case: CaseView, *, now: datetime
+) -> GrantView | None:
+    """`readable_case` for a case already read: its live grants are read now, unless owned.
+
+    Returns the grant the caller reads under (`authorizing_grant`), None for the owner. Raises
+    `NotFoundError` if the caller may not see the case.
+    """
+    if case.owner_agency == principal.agency:
+        return None
+    grants = _grants_for(session, principal, case.case_id)
+    check_case_access(principal, case, grants, now=now)
+    return authorizing_grant(principal, case, grants, now=now)
+
+
 def readable_case_and_grant(
     session: Session, principal: Principal, case_id: str, *, now: datetime
 ) -> tuple[CaseRow, GrantView | None]:
