@@ -285,14 +285,14 @@ class ExchangeClient:
     ) -> int:
         """Stream a GET body into `sink`; returns the byte count.
 
-        A body the server breaks off (closing the connection before its Content-Length) raises
-        `ClientError` with code ``stored_object_corrupt``: the exchange breaks off a started
-        download only when it finds its stored object no longer matching the sealed hash, and
-        it records that in the ledger first. A connection that fails otherwise (reset, timeout)
-        raises ``stream_aborted``.
+        A body the server breaks off once it has answered 200 (closing the connection before its
+        Content-Length) raises `ClientError` with code ``stored_object_corrupt``: the exchange
+        breaks off a started download only when it finds its stored object no longer matching
+        the sealed hash, and it records that in the ledger first. A connection that fails
+        otherwise (reset, timeout, closed before any answer) raises ``stream_aborted``.
         """
         total = 0
-        expected = "?"
+        expected: str | None = None  # the Content-Length, once a 2xx answer has begun
         url = self.base_url.rstrip("/") + path
         try:
             for attempt in (1, 2):
@@ -310,15 +310,19 @@ class ExchangeClient:
                         if on_bytes is not None:
                             on_bytes(len(chunk))
                     return total
-        except httpx.RemoteProtocolError as exc:
-            raise ClientError(
-                0,
-                "stored_object_corrupt",
-                f"the exchange broke off the download after {total} of {expected} bytes: it "
-                "detected a corrupt stored object (no longer matching its sealed hash) and "
-                "recorded it in the ledger",
-            ) from exc
-        except (httpx.ReadError, httpx.ReadTimeout) as exc:
+        except (httpx.RemoteProtocolError, httpx.ReadError, httpx.ReadTimeout) as exc:
+            if expected is None:
+                raise ClientError(
+                    0, "stream_aborted", f"the connection broke off before an answer: {exc}"
+                ) from exc
+            if isinstance(exc, httpx.RemoteProtocolError):
+                raise ClientError(
+                    0,
+                    "stored_object_corrupt",
+                    f"the exchange broke off the download after {total} of {expected} bytes: "
+                    "it detected a corrupt stored object (no longer matching its sealed hash) "
+                    "and recorded it in the ledger",
+                ) from exc
             raise ClientError(
                 0,
                 "stream_aborted",

@@ -11,7 +11,11 @@ from __future__ import annotations
 import io
 import json
 import os
+import socket
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -242,3 +246,54 @@ def test_the_cli_says_the_exchange_found_a_corrupt_object_and_recorded_it(
     assert list(out.iterdir()) == []
     assert [a for a, _ in node.entries(case_id)][-1] == "integrity.failure"
     assert_clean_log(node)
+
+
+@contextmanager
+def one_shot_server(answer: bytes) -> Iterator[str]:
+    """A socket on 127.0.0.1 that reads one request, writes `answer` and closes; its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            connection.recv(65536)
+            connection.sendall(answer)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        thread.join(timeout=10)
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "detail"),
+    [
+        (b"", "stream_aborted", "the connection broke off before an answer: "),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + b"x" * 10,
+            "stored_object_corrupt",
+            # The client hands on whole chunks (1 MiB): the 10 bytes never reached the sink.
+            "the exchange broke off the download after 0 of 100 bytes: it detected a corrupt "
+            "stored object (no longer matching its sealed hash) and recorded it in the ledger",
+        ),
+    ],
+)
+def test_only_a_body_cut_short_after_200_is_reported_as_a_corrupt_object(
+    answer: bytes, code: str, detail: str
+):
+    with one_shot_server(answer) as url:
+        client = ExchangeClient(
+            base_url=url,
+            client_id=PH_PARTNER,
+            signer=dev_signer(AGENCY_OF[PH_PARTNER]),
+            _token="not-checked-here",
+            _token_expires=time.monotonic() + 600,
+        )
+        with client, pytest.raises(ClientError) as caught:
+            client.download("/v1/cases/c/packages/p/files/disk.img", io.BytesIO())
+    assert caught.value.code == code
+    assert caught.value.detail.startswith(detail)
