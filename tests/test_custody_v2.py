@@ -554,3 +554,99 @@ def test_writers_do_not_wait_for_an_export(story: Story):
         assert json.loads(body)["tree_size"] == export.seq + 1
     writer.join()
     assert story.verify(json.loads(body)).case_entries == 9
+
+
+def _write_v1_log(engine: Engine, log: LogSigner, case_id: str, count: int) -> None:
+    """A ledger as the exchange wrote it before v2: entries without v, case_seq, case_prev."""
+    import hashlib
+
+    from sqlalchemy import text
+
+    from exchange.ledger import tlog
+    from exchange.ledger.checkpoint import Checkpoint
+    from exchange.model import canonical_bytes
+
+    stored: dict[int, bytes] = {}
+    prev = "0" * 64
+    with session_scope(engine) as session:
+        connection = session.connection()
+        for seq in range(count):
+            wire = {
+                "seq": seq,
+                "prev": prev,
+                "time": "2026-11-29T12:00:00.000000Z",
+                "actor": {"agency": "TH-RTP", "country": "TH", "subject": "client:th"},
+                "action": "case.opened" if seq == 0 else "bundle.fetched",
+                "case_id": case_id,
+                "details": {"n": seq},
+            }
+            data = canonical_bytes(wire)
+            first = tlog.stored_hash_index(0, seq)
+            hashes = tlog.stored_hashes_for_record(
+                seq, merkle.leaf_hash(data), lambda ix: [stored[i] for i in ix]
+            )
+            for offset, value in enumerate(hashes):
+                stored[first + offset] = value
+            connection.execute(
+                text(
+                    "INSERT INTO ledger_entry (seq, data, entry_hash, action, case_id, time) "
+                    "VALUES (:seq, :data, :hash, :action, :case_id, :time)"
+                ),
+                {"seq": seq, "data": data, "hash": hashlib.sha256(data).digest(),
+                 "action": wire["action"], "case_id": case_id, "time": datetime.now(UTC)},
+            )  # fmt: skip
+            prev = hashlib.sha256(data).hexdigest()
+        for idx, value in stored.items():
+            connection.execute(
+                text("INSERT INTO ledger_hash (idx, hash) VALUES (:idx, :hash)"),
+                {"idx": idx, "hash": value},
+            )
+        root = tlog.tree_hash(count, lambda ix: [stored[i] for i in ix])
+        connection.execute(
+            text("INSERT INTO ledger_checkpoint (size, note, created_at) VALUES (:s, :n, :t)"),
+            {"s": count, "n": log.sign(Checkpoint(log.origin, count, root)),
+             "t": datetime.now(UTC)},
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_ledger_written_before_v2_is_folded_into_the_first_v2_entry(
+    backend: str, tmp_path: Path, log: LogSigner
+):
+    from exchange.custody.disclosure import Audience
+    from exchange.ledger.entry import Action, Actor, NewEntry
+
+    engine = make_engine(f"sqlite:///{tmp_path / backend}.db")
+    create_schema(engine)
+    _write_v1_log(engine, log, "LEGACY-1", 4)
+    th = Actor(agency="TH-RTP", country="TH", subject="client:th")
+    store_entry = ledger_store.append_committed(
+        engine, NewEntry(th, Action.BUNDLE_FETCHED, "LEGACY-1", None, {}), log=log, now=NOW_V2
+    )
+    with session_scope(engine) as session:
+        first_v2 = json.loads(ledger_store.get_entry(session, store_entry.seq).data)
+    # The old entries keep their place: the first v2 entry is the case's fifth.
+    assert (first_v2["v"], first_v2["case_seq"]) == (2, 4)
+    appended = ledger_store.append_committed(
+        engine, NewEntry(th, Action.CUSTODY_EXPORTED, "LEGACY-1", None, {}), log=log, now=NOW_V2
+    )
+    export = custody.Export("LEGACY-1", "TH-RTP", Audience("TH-RTP", "TH", owner=True),
+                            appended.seq, appended.checkpoint, NOW_V2)  # fmt: skip
+    with session_scope(engine, read_only=True) as session:
+        bundle = json.loads(custody.build_bundle(session, export=export, origin=log.origin))
+    report = verify_bundle(bundle, log_key=log.verifier().public_key)
+    assert report.case_entries == 6
+    # A v1 entry removed is caught too: the v2 entries after it no longer sit where they claim.
+    damaged = copy.deepcopy(bundle)
+    del damaged["entries"][2]
+    with pytest.raises(VerificationError) as caught:
+        verify_bundle(damaged, log_key=log.verifier().public_key)
+    assert caught.value.reason == "case_entry_missing"
+    assert caught.value.message == (
+        "1 of the case's first 4 entries are missing (entries written before ledger v2, "
+        "somewhere before ledger entry 4)"
+    )
+    engine.dispose()
+
+
+NOW_V2 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -125,10 +125,23 @@ def _stated_total(raw: Sequence[Any], size: int) -> int:
 
 
 def _numbered(
-    index: int, case_seq: object, total: int, seq: int, before: int | None, places: set[object]
+    index: int,
+    case_seq: object,
+    total: int,
+    seq: int,
+    before: int | None,
+    places: set[object],
+    after_v1: bool,
 ) -> None:
     if case_seq == index:
         return
+    if isinstance(case_seq, int) and case_seq > index and after_v1:
+        # Entries written before v2 carry no number: the gap shows only here, not where.
+        raise _fail(
+            f"{case_seq - index} of the case's first {case_seq} entries are missing (entries "
+            f"written before ledger v2, somewhere before ledger entry {seq})",
+            "case_entry_missing",
+        )
     if isinstance(case_seq, int) and case_seq > index and index not in places:
         after = f"after ledger entry {before} " if before is not None else ""
         raise _fail(
@@ -173,6 +186,8 @@ def _case_items(raw: Sequence[Any], case_id: str, size: int) -> list[_CaseItem]:
             raise _fail(f"{where} is not an entry or a redacted stub", "bad_bundle")
         seq = item["seq"]
         before = items[-1].seq if items else None
+        last = items[-1].entry if items else None
+        after_v1 = last is not None and last.case_seq is None
         if before is not None and seq <= before:
             raise _fail(
                 f"case entries out of order: ledger entry {seq} is listed after ledger entry "
@@ -199,12 +214,12 @@ def _case_items(raw: Sequence[Any], case_id: str, size: int) -> list[_CaseItem]:
                     "case_mismatch",
                 )
             if entry.case_seq is not None:
-                _numbered(index, entry.case_seq, total, seq, before, places)
+                _numbered(index, entry.case_seq, total, seq, before, places, after_v1)
             leaf = merkle.leaf_hash(data)
         elif "entry" in item:
             raise _fail(f"{where}.entry is not an object", "bad_bundle")
         else:
-            _numbered(index, item.get("case_seq"), total, seq, before, places)
+            _numbered(index, item.get("case_seq"), total, seq, before, places, after_v1)
             leaf = _hash(item.get("leaf_hash"), f"{where}.leaf_hash")
             entry = None
         items.append(_CaseItem(seq, leaf, entry))
