@@ -21,6 +21,7 @@ GROUPS: tuple[ModuleType, ...] = (keys, package, ledger, client, custody, demo)
 # Groups whose modules import the server's parts (evidence-exchange[server]): name -> help.
 SERVER_GROUPS = {
     "serve": "run the exchange API server",
+    "migrate": "create the database schema or upgrade it to this version",
     "admin": "operator registry: agencies, keys, clients",
 }
 

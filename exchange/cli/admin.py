@@ -10,22 +10,29 @@ import argparse
 import getpass
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
+from rich import box
+from rich.table import Table
 from sqlmodel import Session
 
-from exchange.cli.output import CommandError, stdout
+from exchange.cli.database import database_url, existing_database
+from exchange.cli.output import CommandError, print_json, stdout
 from exchange.errors import ExchangeError
 from exchange.keyfiles import ledger_key
 from exchange.ledger.signer import LogSigner
-from exchange.model import Role
+from exchange.model import Role, parse_json
+from exchange.schema import validate
 from exchange.service import agencies
 from exchange.settings import Settings
-from exchange.storage.db import create_schema, make_engine, session_scope
-from exchange.trust import parse_time
+from exchange.signing import public_key_pem
+from exchange.storage.db import session_scope
+from exchange.storage.tables import AgencyKeyRow
+from exchange.trust import TrustedKey, parse_time
 
 DEFAULT_KEY_YEARS = 5
 
@@ -41,15 +48,22 @@ def register(subparsers: Any) -> None:
     add.add_argument("--id", required=True, help="agency id, e.g. TH-RTP")
     add.add_argument("--country", required=True, help="ISO 3166-1 alpha-2, e.g. TH")
     add.add_argument("--name", required=True, help="display name")
-    add.add_argument("--public-key", required=True, type=Path, help="the agency's public key PEM")
-    _key_window(add)
+    _key_source(add)
     add.set_defaults(handler=agency_add_command)
 
     add_key = agency_commands.add_parser("add-key", help="register another key (rotation)")
     add_key.add_argument("--id", required=True, help="agency id")
-    add_key.add_argument("--public-key", required=True, type=Path, help="public key PEM")
-    _key_window(add_key)
+    _key_source(add_key)
     add_key.set_defaults(handler=agency_add_key_command)
+
+    agency_list = agency_commands.add_parser("list", help="list the registered agencies")
+    _json_flag(agency_list)
+    agency_list.set_defaults(handler=agency_list_command)
+
+    keys = agency_commands.add_parser("keys", help="list the registered agency keys")
+    keys.add_argument("--id", help="only this agency's keys")
+    _json_flag(keys)
+    keys.set_defaults(handler=agency_keys_command)
 
     revoke = agency_commands.add_parser("revoke-key", help="revoke an agency key from now on")
     revoke.add_argument("--id", required=True, help="agency id")
@@ -67,10 +81,39 @@ def register(subparsers: Any) -> None:
     )
     client_add.set_defaults(handler=client_add_command)
 
+    client_list = client_commands.add_parser("list", help="list the registered clients")
+    client_list.add_argument("--agency", help="only this agency's clients")
+    _json_flag(client_list)
+    client_list.set_defaults(handler=client_list_command)
 
-def _key_window(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--not-before", help="RFC 3339 (default: now)")
-    parser.add_argument("--not-after", help=f"RFC 3339 (default: {DEFAULT_KEY_YEARS} years on)")
+    disable = client_commands.add_parser(
+        "disable", help="refuse the client's logins from now on (tokens it holds expire)"
+    )
+    disable.add_argument("--id", required=True, help="client id")
+    disable.set_defaults(handler=client_disable_command)
+
+    enable = client_commands.add_parser("enable", help="let a disabled client log in again")
+    enable.add_argument("--id", required=True, help="client id")
+    enable.set_defaults(handler=client_enable_command)
+
+
+def _key_source(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--public-key", type=Path, help="the agency's public key PEM")
+    source.add_argument(
+        "--trust-entry",
+        type=Path,
+        help="the key's trust entry (AGENCY.json of `exchange keys generate`): its public key "
+        "and validity window are registered as they are",
+    )
+    parser.add_argument("--not-before", help="RFC 3339 (default: now; with --public-key)")
+    parser.add_argument(
+        "--not-after", help=f"RFC 3339 (default: {DEFAULT_KEY_YEARS} years on; with --public-key)"
+    )
+
+
+def _json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _operator() -> str:
@@ -87,6 +130,13 @@ def _read_pem(path: Path) -> str:
         raise CommandError(f"cannot read public key {path}: {exc}") from exc
 
 
+@dataclass(frozen=True)
+class _KeyInput:
+    pem: str
+    not_before: datetime
+    not_after: datetime
+
+
 def _window(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]:
     try:
         not_before = parse_time(args.not_before) if args.not_before else now
@@ -100,42 +150,93 @@ def _window(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime
     return not_before, not_after
 
 
-@contextmanager
-def _registry() -> Iterator[tuple[Session, LogSigner]]:
+def _trust_entry(path: Path, *, agency_id: str) -> TrustedKey:
     try:
-        settings = Settings()
+        document = parse_json(path.read_bytes(), what=str(path))
+        validate("trust-agency.v1.json", document)
+        entries = document if isinstance(document, list) else [document]
+        if len(entries) != 1:
+            raise CommandError(f"{path} holds {len(entries)} keys; give a file with one")
+        key = TrustedKey.from_entry(entries[0], source=str(path))
+    except OSError as exc:
+        raise CommandError(f"cannot read trust entry {path}: {exc.strerror}") from exc
+    except ExchangeError as exc:
+        raise CommandError(f"{path}: {exc.message}") from exc
+    if key.agency != agency_id:
+        raise CommandError(f"{path} is a key of agency {key.agency}, not of {agency_id}")
+    if key.revoked_at is not None:
+        raise CommandError(f"{path} is revoked (revoked_at {key.revoked_at.isoformat()})")
+    return key
+
+
+def _key_input(args: argparse.Namespace, *, agency_id: str) -> Callable[[datetime], _KeyInput]:
+    """Read the key now (so a bad file fails before the database is touched); the window
+    may depend on the time of registration."""
+    if args.trust_entry is None:
+        pem = _read_pem(args.public_key)
+        return lambda now: _KeyInput(pem, *_window(args, now))
+    if args.not_before or args.not_after:
+        raise CommandError(
+            "--not-before and --not-after come from the trust entry; give them only with "
+            "--public-key"
+        )
+    key = _trust_entry(args.trust_entry, agency_id=agency_id)
+    if getattr(args, "country", None) not in (None, key.country):
+        raise CommandError(f"{args.trust_entry} is for country {key.country}, not {args.country}")
+    entry = _KeyInput(public_key_pem(key.public_key), key.not_before, key.not_after)
+    return lambda _now: entry
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
     except ValidationError as exc:
         raise CommandError(f"bad settings: {exc}") from exc
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = make_engine(settings.resolved_database_url, liveness=settings.postgres_liveness())
-        create_schema(engine)
-        signer = ledger_key(
-            key_path=settings.ledger_key_path,
-            data_dir=settings.data_dir,
-            development=settings.env == "development",
+
+
+def _ledger_signer(settings: Settings) -> LogSigner:
+    """The node's ledger key, without creating a data dir that does not exist."""
+    development = settings.env == "development"
+    if settings.ledger_key_path is None and development and not settings.data_dir.is_dir():
+        raise CommandError(
+            f"no ledger key: EXCHANGE_LEDGER_KEY_PATH is not set and the data dir "
+            f"{settings.data_dir.resolve()} (where the development key lives) does not exist"
         )
-        log = LogSigner.from_signer(signer, origin=settings.ledger_origin)
-        with session_scope(engine) as session:
-            yield session, log
+    try:
+        signer = ledger_key(
+            key_path=settings.ledger_key_path, data_dir=settings.data_dir, development=development
+        )
     except ExchangeError as exc:
         raise CommandError(exc.message) from exc
+    return LogSigner.from_signer(signer, origin=settings.ledger_origin)
+
+
+@contextmanager
+def _database(*, read_only: bool) -> Iterator[tuple[Settings, Session]]:
+    settings = _settings()
+    url, source = database_url(settings)
+    with existing_database(url, source, liveness=settings.postgres_liveness()) as engine:
+        try:
+            with session_scope(engine, read_only=read_only) as session:
+                yield settings, session
+        except ExchangeError as exc:
+            raise CommandError(exc.message) from exc
 
 
 def _run(action: Callable[[Session, LogSigner, datetime], str]) -> int:
     now = datetime.now(UTC)
-    with _registry() as (session, log):
-        message = action(session, log, now)
+    with _database(read_only=False) as (settings, session):
+        message = action(session, _ledger_signer(settings), now)
     stdout.print(message, markup=False)
     return 0
 
 
 def agency_add_command(args: argparse.Namespace) -> int:
     """Handle `exchange admin agency add`."""
-    pem = _read_pem(args.public_key)
+    key_input = _key_input(args, agency_id=args.id)
 
     def action(session: Session, log: LogSigner, now: datetime) -> str:
-        not_before, not_after = _window(args, now)
+        given = key_input(now)
         agencies.register_agency(
             session,
             log=log,
@@ -150,33 +251,36 @@ def agency_add_command(args: argparse.Namespace) -> int:
             log=log,
             now=now,
             agency_id=args.id,
-            public_key=pem,
-            not_before=not_before,
-            not_after=not_after,
+            public_key=given.pem,
+            not_before=given.not_before,
+            not_after=given.not_after,
             operator=_operator(),
         )
-        return f"registered agency {args.id} ({args.country}) with key {key.key_id}"
+        return (
+            f"registered agency {args.id} ({args.country}) with key {key.key_id}, "
+            f"{_valid(key.not_before, key.not_after)}"
+        )
 
     return _run(action)
 
 
 def agency_add_key_command(args: argparse.Namespace) -> int:
     """Handle `exchange admin agency add-key`."""
-    pem = _read_pem(args.public_key)
+    key_input = _key_input(args, agency_id=args.id)
 
     def action(session: Session, log: LogSigner, now: datetime) -> str:
-        not_before, not_after = _window(args, now)
+        given = key_input(now)
         key = agencies.register_key(
             session,
             log=log,
             now=now,
             agency_id=args.id,
-            public_key=pem,
-            not_before=not_before,
-            not_after=not_after,
+            public_key=given.pem,
+            not_before=given.not_before,
+            not_after=given.not_after,
             operator=_operator(),
         )
-        return f"registered key {key.key_id} of agency {args.id}"
+        return f"registered key {key.key_id} of agency {args.id}, {_valid(key.not_before, key.not_after)}"
 
     return _run(action)
 
@@ -211,3 +315,122 @@ def client_add_command(args: argparse.Namespace) -> int:
         return f"registered client {client.id} ({client.role}) of agency {args.agency}"
 
     return _run(action)
+
+
+def client_disable_command(args: argparse.Namespace) -> int:
+    """Handle `exchange admin client disable`."""
+
+    def action(session: Session, log: LogSigner, now: datetime) -> str:
+        agencies.disable_client(session, log=log, now=now, client_id=args.id, operator=_operator())
+        return f"disabled client {args.id} as of {now.isoformat()}: its logins are refused"
+
+    return _run(action)
+
+
+def client_enable_command(args: argparse.Namespace) -> int:
+    """Handle `exchange admin client enable`."""
+
+    def action(session: Session, log: LogSigner, now: datetime) -> str:
+        agencies.enable_client(session, log=log, now=now, client_id=args.id, operator=_operator())
+        return f"enabled client {args.id}: it may log in again"
+
+    return _run(action)
+
+
+def _valid(not_before: datetime, not_after: datetime) -> str:
+    return f"valid {_time(not_before)} to {_time(not_after)}"
+
+
+def _time(value: datetime | None) -> str:
+    return "" if value is None else value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _key_state(row: AgencyKeyRow, now: datetime) -> str:
+    if row.revoked_at is not None and row.revoked_at <= now:
+        return "revoked"
+    if now < row.not_before:
+        return "not yet valid"
+    if now >= row.not_after:
+        return "expired"
+    return "valid"
+
+
+def _list(
+    args: argparse.Namespace,
+    *,
+    title: str,
+    read: Callable[[Session, datetime], list[dict[str, str | None]]],
+) -> int:
+    now = datetime.now(UTC)
+    with _database(read_only=True) as (_settings_in_force, session):
+        rows = read(session, now)
+    if args.json:
+        print_json(rows)
+        return 0
+    if not rows:
+        stdout.print(f"no {title} registered", markup=False)
+        return 0
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in rows[0]:
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for row in rows:
+        table.add_row(*(value or "" for value in row.values()))
+    stdout.print(table)
+    return 0
+
+
+def agency_list_command(args: argparse.Namespace) -> int:
+    """Handle `exchange admin agency list`."""
+    return _list(
+        args,
+        title="agencies",
+        read=lambda session, _now: [
+            {
+                "id": a.id,
+                "country": a.country,
+                "name": a.name,
+                "registered_at": _time(a.created_at),
+            }
+            for a in agencies.list_agencies(session)
+        ],
+    )
+
+
+def agency_keys_command(args: argparse.Namespace) -> int:
+    """Handle `exchange admin agency keys`."""
+    return _list(
+        args,
+        title="keys",
+        read=lambda session, now: [
+            {
+                "key_id": k.key_id,
+                "agency": k.agency_id,
+                "state": _key_state(k, now),
+                "not_before": _time(k.not_before),
+                "not_after": _time(k.not_after),
+                "revoked_at": _time(k.revoked_at) or None,
+            }
+            for k in agencies.list_keys(session, agency_id=args.id)
+        ],
+    )
+
+
+def client_list_command(args: argparse.Namespace) -> int:
+    """Handle `exchange admin client list`."""
+    return _list(
+        args,
+        title="clients",
+        read=lambda session, now: [
+            {
+                "id": c.id,
+                "agency": c.agency_id,
+                "role": c.role,
+                "key_id": c.key_id,
+                "state": (
+                    "disabled" if c.disabled_at is not None and c.disabled_at <= now else "enabled"
+                ),
+                "disabled_at": _time(c.disabled_at) or None,
+            }
+            for c in agencies.list_clients(session, agency_id=args.agency)
+        ],
+    )

@@ -15,7 +15,7 @@ from rich.markup import escape
 from exchange.cli.output import CommandError, print_json, stdout
 from exchange.cli.server import with_server
 from exchange.errors import ExchangeError, VerificationError
-from exchange.keyfiles import ledger_key
+from exchange.keyfiles import load_ed25519_key
 from exchange.ledger import casechain
 from exchange.ledger.proof import verify_proof_document
 from exchange.ledger.signer import LogVerifier
@@ -87,12 +87,19 @@ def _log_verifier(args: argparse.Namespace, settings: Settings | None) -> LogVer
             public_key = load_public_key_pem(args.log_key.read_bytes())
         elif settings is None:
             raise CommandError("--log-key is required")
+        elif settings.ledger_key_path is not None:
+            public_key = load_ed25519_key(settings.ledger_key_path).public_key
+        elif settings.env != "development":
+            raise CommandError("--log-key is required: EXCHANGE_LEDGER_KEY_PATH is not set")
         else:
-            public_key = ledger_key(
-                key_path=settings.ledger_key_path,
-                data_dir=settings.data_dir,
-                development=settings.env == "development",
-            ).public_key
+            # Only a key that exists: a verifier must never mint the key it checks against.
+            dev_key = settings.data_dir / "keys" / "ledger.key.pem"
+            if not dev_key.is_file():
+                raise CommandError(
+                    f"no ledger key: --log-key is not given, EXCHANGE_LEDGER_KEY_PATH is not "
+                    f"set and there is no development key at {dev_key.resolve()}"
+                )
+            public_key = load_ed25519_key(dev_key).public_key
         return LogVerifier.from_public_key(public_key, origin=origin)
     except OSError as exc:
         raise CommandError(f"cannot read {args.log_key}: {exc.strerror}") from exc
@@ -100,8 +107,15 @@ def _log_verifier(args: argparse.Namespace, settings: Settings | None) -> LogVer
         raise CommandError(exc.message) from exc
 
 
-def _database_url(args: argparse.Namespace, settings: Settings) -> str:
-    return str(args.db) if args.db else settings.resolved_database_url
+def _settings() -> Settings:
+    from pydantic import ValidationError
+
+    from exchange.settings import Settings
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise CommandError(f"bad settings: {exc}") from exc
 
 
 def verify_command(args: argparse.Namespace) -> int:
@@ -110,30 +124,26 @@ def verify_command(args: argparse.Namespace) -> int:
 
 
 def _verify_stored(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from exchange.settings import Settings
+    from exchange.cli.database import database_url, existing_database
     from exchange.storage import ledger_store
-    from exchange.storage.db import make_engine, session_scope
+    from exchange.storage.db import session_scope
 
-    settings = Settings()
-    verifier = _log_verifier(args, settings)
-    engine = make_engine(_database_url(args, settings))
-    started = time.perf_counter()
-    try:
-        with session_scope(engine) as session:
-            summary = ledger_store.verify_stored_log(
-                session,
-                verify_note=verifier.verify,
-                workers=args.workers,
-                deep=casechain.DeepCheck() if args.deep else None,
-            )
-    except VerificationError as exc:
-        raise CommandError(f"ledger verification failed: {exc.message}") from exc
-    except SQLAlchemyError as exc:
-        raise CommandError(f"cannot read the ledger: {exc.__class__.__name__}: {exc}") from exc
-    finally:
-        engine.dispose()
+    settings = _settings()
+    with existing_database(
+        *database_url(settings, args.db), liveness=settings.postgres_liveness()
+    ) as engine:
+        verifier = _log_verifier(args, settings)
+        started = time.perf_counter()
+        try:
+            with session_scope(engine) as session:
+                summary = ledger_store.verify_stored_log(
+                    session,
+                    verify_note=verifier.verify,
+                    workers=args.workers,
+                    deep=casechain.DeepCheck() if args.deep else None,
+                )
+        except VerificationError as exc:
+            raise CommandError(f"ledger verification failed: {exc.message}") from exc
     elapsed = time.perf_counter() - started
     root = base64.b64encode(summary.root_hash).decode()
     stdout.print(
@@ -154,23 +164,19 @@ def proof_command(args: argparse.Namespace) -> int:
 
 
 def _print_proof(args: argparse.Namespace) -> int:
-    from sqlalchemy.exc import SQLAlchemyError
-
-    from exchange.settings import Settings
+    from exchange.cli.database import database_url, existing_database
     from exchange.storage import ledger_store
-    from exchange.storage.db import make_engine, session_scope
+    from exchange.storage.db import session_scope
 
-    settings = Settings()
-    engine = make_engine(_database_url(args, settings))
-    try:
-        with session_scope(engine) as session:
-            document = ledger_store.proof(session, args.seq, against=args.against)
-    except ExchangeError as exc:
-        raise CommandError(exc.message) from exc
-    except SQLAlchemyError as exc:
-        raise CommandError(f"cannot read the ledger: {exc.__class__.__name__}: {exc}") from exc
-    finally:
-        engine.dispose()
+    settings = _settings()
+    with existing_database(
+        *database_url(settings, args.db), liveness=settings.postgres_liveness()
+    ) as engine:
+        try:
+            with session_scope(engine) as session:
+                document = ledger_store.proof(session, args.seq, against=args.against)
+        except ExchangeError as exc:
+            raise CommandError(exc.message) from exc
     print_json(document)
     return 0
 

@@ -50,6 +50,8 @@ class Action(StrEnum):
     KEY_REGISTERED = "key.registered"
     KEY_REVOKED = "key.revoked"
     CLIENT_REGISTERED = "client.registered"
+    CLIENT_DISABLED = "client.disabled"
+    CLIENT_ENABLED = "client.enabled"
     INTEGRITY_FAILURE = "integrity.failure"
     # v2 only: a partner read a package's manifest and metadata, or the case's package list.
     PACKAGE_VIEWED = "package.viewed"

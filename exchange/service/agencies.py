@@ -190,6 +190,88 @@ def register_client(
     return row
 
 
+def _set_client_disabled(
+    session: Session,
+    *,
+    log: LogSigner,
+    now: datetime,
+    client_id: str,
+    disabled: bool,
+    operator: str,
+) -> ClientRow:
+    row = session.get(ClientRow, client_id)
+    if row is None:
+        raise NotFoundError(f"client {client_id} is not registered")
+    if disabled and row.disabled_at is not None:
+        raise ConflictError(
+            f"client {client_id} was already disabled at {row.disabled_at.isoformat()}"
+        )
+    if not disabled and row.disabled_at is None:
+        raise ConflictError(f"client {client_id} is not disabled")
+    row.disabled_at = now if disabled else None
+    session.add(row)
+    session.flush()
+    agency = session.get(AgencyRow, row.agency_id)
+    country = agency.country if agency else row.agency_id[:2]
+    ledger_store.append(
+        session,
+        NewEntry(
+            actor=_operator(row.agency_id, country, operator),
+            action=Action.CLIENT_DISABLED if disabled else Action.CLIENT_ENABLED,
+            details={"client_id": client_id, "agency": row.agency_id},
+        ),
+        log=log,
+        now=now,
+    )
+    return row
+
+
+def disable_client(
+    session: Session, *, log: LogSigner, now: datetime, client_id: str, operator: str
+) -> ClientRow:
+    """Refuse every login of a client from `now` on (ledger `client.disabled`).
+
+    Tokens it already holds stay valid until they expire (at most 15 minutes).
+    `NotFoundError` if unknown, `ConflictError` if it is disabled already.
+    """
+    return _set_client_disabled(
+        session, log=log, now=now, client_id=client_id, disabled=True, operator=operator
+    )
+
+
+def enable_client(
+    session: Session, *, log: LogSigner, now: datetime, client_id: str, operator: str
+) -> ClientRow:
+    """Let a disabled client log in again (ledger `client.enabled`).
+
+    `NotFoundError` if unknown, `ConflictError` if it is not disabled.
+    """
+    return _set_client_disabled(
+        session, log=log, now=now, client_id=client_id, disabled=False, operator=operator
+    )
+
+
+def list_agencies(session: Session) -> Sequence[AgencyRow]:
+    """Every registered agency, by id."""
+    return session.exec(select(AgencyRow).order_by(col(AgencyRow.id))).all()
+
+
+def list_keys(session: Session, *, agency_id: str | None = None) -> Sequence[AgencyKeyRow]:
+    """Registered agency keys (of one agency if given), by agency then validity start."""
+    query = select(AgencyKeyRow).order_by(col(AgencyKeyRow.agency_id), col(AgencyKeyRow.not_before))
+    if agency_id is not None:
+        query = query.where(AgencyKeyRow.agency_id == agency_id)
+    return session.exec(query).all()
+
+
+def list_clients(session: Session, *, agency_id: str | None = None) -> Sequence[ClientRow]:
+    """Registered API clients (of one agency if given), by id."""
+    query = select(ClientRow).order_by(col(ClientRow.id))
+    if agency_id is not None:
+        query = query.where(ClientRow.agency_id == agency_id)
+    return session.exec(query).all()
+
+
 def trusted_key(row: AgencyKeyRow, country: str) -> TrustedKey:
     """The trust-store record of a registered agency key."""
     return TrustedKey(

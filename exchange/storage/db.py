@@ -27,6 +27,8 @@ from typing import Any, Final
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -277,6 +279,19 @@ def alembic_config(engine: Engine) -> Config:
 def create_schema(engine: Engine) -> None:
     """Run every Alembic migration up to head on `engine` (idempotent)."""
     command.upgrade(alembic_config(engine), "head")
+
+
+def schema_revisions(engine: Engine) -> tuple[str | None, str]:
+    """The database's Alembic revision (None when it has no exchange schema) and the newest one.
+
+    Reads only: unlike `create_schema`, it never creates a table.
+    """
+    head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    if head is None:  # pragma: no cover - the package ships its migrations
+        raise RuntimeError(f"no migrations in {MIGRATIONS_DIR}")
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    return current, head
 
 
 def _read_only_options(engine: Engine) -> dict[str, Any]:

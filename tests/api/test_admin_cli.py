@@ -24,6 +24,7 @@ def node(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_register_an_agency_a_client_and_revoke_the_key(node: Path, tmp_path: Path, capsys):
+    assert main(["migrate"]) == 0  # admin never creates the database itself
     signer = Signer.generate()
     pem = tmp_path / "agency.pub.pem"
     pem.write_text(public_key_pem(signer.public_key))
