@@ -9,8 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import PG_ADMIN_URL, REPO
 from tests.exchange_server import clean_env, free_port
 
 # Commands that read or change a node's database; none of them may create one.
@@ -64,7 +65,7 @@ def test_no_configuration_names_the_default_database_and_creates_nothing(
     assert_plain_failure(
         result,
         f"database {cwd / 'var' / 'exchange.db'} does not exist (from the default: neither "
-        "EXCHANGE_DATABASE_URL nor EXCHANGE_DATA_DIR is set); run \"exchange migrate\" to "
+        'EXCHANGE_DATABASE_URL nor EXCHANGE_DATA_DIR is set); run "exchange migrate" to '
         "create it, or point EXCHANGE_DATA_DIR or EXCHANGE_DATABASE_URL at the node's database",
     )
     assert list(cwd.iterdir()) == []
@@ -189,3 +190,16 @@ def test_migrate_names_a_missing_postgresql_database(cwd: Path) -> None:
         f"database {url} does not exist on its server: create it (CREATE DATABASE), then run "
         '"exchange migrate"',
     )
+
+
+def test_compose_migrates_with_the_exchange_migrate_command(cwd: Path, fresh_pg_url: str) -> None:
+    """compose.yaml's one-shot `migrate` service runs the real command, with its environment."""
+    compose = yaml.safe_load((REPO / "compose.yaml").read_text())
+    service = compose["services"]["migrate"]
+    assert service["command"] == ["exchange", "migrate"]
+    env = {k: v for k, v in service["environment"].items() if k.startswith("EXCHANGE_")}
+    assert set(env) == {"EXCHANGE_DATABASE_URL"}
+    result = exchange(cwd, *service["command"][1:], EXCHANGE_DATABASE_URL=fresh_pg_url)
+    assert result.returncode == 0, result.stderr
+    assert "schema created at revision" in result.stdout
+    assert list(cwd.iterdir()) == []

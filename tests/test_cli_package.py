@@ -15,7 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from exchange.cli import main
-from exchange.signing import load_private_key_pem
+from exchange.signing import Signer, load_private_key_pem, public_key_pem
 from tests.builders import COLLECTION, write_source
 
 BUILD_FLAGS = [
@@ -74,6 +74,44 @@ def test_keys_generate_refuses_to_overwrite(keys: Path, capsys):
 def test_keys_generate_refuses_a_bad_agency_id(tmp_path: Path, capsys):
     assert main(["keys", "generate", "--agency", "rtp", "--out", str(tmp_path)]) == 1
     assert "must look like TH-RTP" in capsys.readouterr().err
+
+
+def test_keys_generate_makes_a_client_key_pair(tmp_path: Path, capsys):
+    keys = tmp_path / "k"
+    assert main(["keys", "generate", "--client", "ph-nbi-partner", "--out", str(keys)]) == 0
+    private = keys / "ph-nbi-partner.key.pem"
+    public = keys / "ph-nbi-partner.pub.pem"
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    assert sorted(p.name for p in keys.iterdir()) == [private.name, public.name]  # no trust entry
+    signer = Signer.from_pem(private.read_bytes())
+    assert public.read_text() == public_key_pem(signer.public_key)
+    assert capsys.readouterr().out.splitlines() == [
+        f"key id      {signer.key_id}",
+        f"private key {private}  (mode 0600: keep it where the client runs)",
+        f"public key  {public}  (exchange admin client add ... --public-key {public})",
+    ]
+    assert main(["keys", "generate", "--client", "ph-nbi-partner", "--out", str(keys)]) == 1
+    assert capsys.readouterr().err == (
+        f"error: {private} already exists; refusing to overwrite a key\n"
+    )
+
+
+@pytest.mark.parametrize("client", ["../escape", ".hidden", "a/b", "", "x" * 129])
+def test_keys_generate_refuses_a_bad_client_id(tmp_path: Path, capsys, client: str):
+    assert main(["keys", "generate", "--client", client, "--out", str(tmp_path / "k")]) == 1
+    assert capsys.readouterr().err == (
+        f"error: client id {client!r} must be 1 to 128 letters, digits, '.', '_', ':' or '-', "
+        "starting with a letter or digit (e.g. ph-nbi-partner)\n"
+    )
+    assert not (tmp_path / "k").exists()
+
+
+def test_keys_generate_needs_an_agency_or_a_client(tmp_path: Path, capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["keys", "generate", "--agency", "PH-NBI", "--client", "ph-nbi-partner",
+              "--out", str(tmp_path)])  # fmt: skip
+    assert exited.value.code == 2
+    assert "not allowed with argument" in capsys.readouterr().err
 
 
 def test_build_then_verify(keys: Path, tmp_path: Path, capsys):

@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
-from rich import box
-from rich.table import Table
 from sqlmodel import Session
 
 from exchange.cli.database import database_url, existing_database
@@ -370,12 +368,13 @@ def _list(
     if not rows:
         stdout.print(f"no {title} registered", markup=False)
         return 0
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in rows[0]:
-        table.add_column(column.replace("_", " "), overflow="fold")
-    for row in rows:
-        table.add_row(*(value or "" for value in row.values()))
-    stdout.print(table)
+    # Plain aligned columns, never wrapped: an operator greps and copies ids from them.
+    header = [column.replace("_", " ") for column in rows[0]]
+    cells = [[value or "-" for value in row.values()] for row in rows]
+    widths = [max(len(line[i]) for line in [header, *cells]) for i in range(len(header))]
+    for line in [header, ["-" * w for w in widths], *cells]:
+        text = "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
+        stdout.print(text.rstrip(), markup=False, crop=False, overflow="ignore")
     return 0
 
 
