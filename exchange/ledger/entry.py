@@ -50,6 +50,7 @@ class Action(StrEnum):
     KEY_REGISTERED = "key.registered"
     KEY_REVOKED = "key.revoked"
     CLIENT_REGISTERED = "client.registered"
+    # v2 only: an operator refused, then allowed again, a client's logins.
     CLIENT_DISABLED = "client.disabled"
     CLIENT_ENABLED = "client.enabled"
     INTEGRITY_FAILURE = "integrity.failure"
