@@ -38,7 +38,7 @@ def migrate_command(args: argparse.Namespace) -> int:
     if not args.db and settings.database_url is None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        engine = make_engine(url)
+        engine = make_engine(url, liveness=settings.postgres_liveness())
     except ExchangeError as exc:
         raise CommandError(exc.message) from exc
     try:
