@@ -92,6 +92,7 @@ def test_offline_commands_import_no_server_part(tmp_path: Path, args: list[str],
     ("args", "command"),
     [
         (["serve"], "serve"),
+        (["migrate"], "migrate"),
         (["admin", "agency", "add", "--agency", "X"], "admin"),
         (["ledger", "verify"], "ledger verify"),
         (["ledger", "proof", "--seq", "0"], "ledger proof"),
