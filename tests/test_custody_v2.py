@@ -650,3 +650,72 @@ def test_a_ledger_written_before_v2_is_folded_into_the_first_v2_entry(
 
 
 NOW_V2 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def _independent_check(bundle: dict[str, Any], public_key: Any) -> int:
+    """A second verifier of bundle v2, written from docs/ledger.md with hashlib, cryptography and
+    the rfc8785 package only (none of exchange's code): returns the case's entry count, or
+    raises AssertionError."""
+    import hashlib
+
+    import rfc8785
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    assert isinstance(public_key, Ed25519PublicKey)
+    body, _, sigs = bundle["checkpoint"].rpartition("\n\n")
+    body += "\n"
+    origin, size_text, root_b64 = body.splitlines()
+    size, root = int(size_text), base64.b64decode(root_b64)
+    raw = public_key.public_bytes_raw()
+    key_id = hashlib.sha256(origin.encode() + b"\n\x01" + raw).digest()[:4]
+    signed = False
+    for line in sigs.splitlines():
+        name, blob = line.removeprefix("\u2014 ").split(" ")
+        sig = base64.b64decode(blob)
+        if name == origin and sig[:4] == key_id:
+            public_key.verify(sig[4:], body.encode())
+            signed = True
+    assert signed
+    head = hashlib.sha256(b"exchange.case-chain/v1\x00" + bundle["case_id"].encode()).digest()
+    leaf = b""
+    for place, item in enumerate(bundle["entries"]):
+        if "entry" in item:
+            entry = dict(item["entry"])
+            assert entry["case_id"] == bundle["case_id"]
+            if entry.get("v") == 2:
+                assert entry["case_seq"] == place
+                entry["case_prev"] = head.hex()
+            leaf = hashlib.sha256(b"\x00" + rfc8785.dumps(entry)).digest()
+        else:
+            assert item["case_seq"] == place
+            leaf = base64.b64decode(item["leaf_hash"])
+        head = hashlib.sha256(head + item["seq"].to_bytes(8, "big") + leaf).digest()
+    last = bundle["entries"][-1]["entry"]
+    assert last["action"] == "custody.exported"
+    assert last["seq"] == size - 1
+    # RFC 9162 §2.1.3.2, for the export's leaf.
+    fn, sn, r = size - 1, size - 1, leaf
+    for p in (base64.b64decode(h) for h in bundle["export_inclusion"]):
+        assert sn != 0
+        if fn % 2 == 1 or fn == sn:
+            r = hashlib.sha256(b"\x01" + p + r).digest()
+            while fn % 2 == 0 and fn != 0:
+                fn, sn = fn >> 1, sn >> 1
+        else:
+            r = hashlib.sha256(b"\x01" + r + p).digest()
+        fn, sn = fn >> 1, sn >> 1
+    assert sn == 0
+    assert r == root
+    return len(bundle["entries"])
+
+
+def test_an_independent_verifier_agrees(story: Story):
+    key = story.log.verifier().public_key
+    for who in (story.th, story.ph):
+        bundle = story.export(who)
+        assert _independent_check(bundle, key) == story.verify(bundle).case_entries
+    damaged = copy.deepcopy(bundle)
+    damaged["entries"][0]["entry"]["details"]["title"] = "another"
+    with pytest.raises(AssertionError):
+        _independent_check(damaged, key)
+    assert story.fails(damaged).reason == "case_chain_broken"
