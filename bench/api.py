@@ -236,7 +236,7 @@ def partner_vs_owner(server: BenchServer, work: Path, args: argparse.Namespace) 
     ratios: list[float] = []
     for clients in [int(c) for c in args.clients.split(",")]:
         for name in ("small-object fetch", "GET /v1/cases/{id}"):
-            taken = alternate(urls[name], tokens, clients, args.seconds, rounds=3)
+            taken = alternate(urls[name], tokens, clients, args.seconds, rounds=args.rounds)
             owner, partner = taken["owner"], taken["partner"]
             ratio = owner[0] / partner[0]  # time per request, partner over owner
             ratios.append(ratio)
@@ -280,6 +280,12 @@ def main() -> int:
         type=int,
         default=0,
         help="store this many grants, then compare partner with owner (e.g. 100000)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="with --grants: turns each caller takes per cell, alternating (--seconds split)",
     )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
