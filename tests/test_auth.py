@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import uuid
 import warnings
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519
 from joserfc import jwk as joserfc_jwk, jwt as joserfc_jwt
 
 from exchange.auth import (
+    MAX_TOKEN_CASES,
     ROLE_SCOPES,
     TokenIssuer,
     TokenVerifier,
@@ -890,3 +892,17 @@ def test_issuer_refuses_a_malformed_thumbprint(issuer: TokenIssuer):
 def test_a_malformed_cnf_is_rejected(verifier: TokenVerifier, issuer_signer: Signer, cnf: object):
     token = forge(good_header(issuer_signer), {**good_claims(), "cnf": cnf}, issuer_signer.sign)
     rejected(verifier, token, "cnf")
+
+
+def test_a_token_names_at_most_16_cases_and_stays_under_2_kb(issuer: TokenIssuer):
+    cases = [str(uuid.UUID(int=n, version=4)) for n in range(MAX_TOKEN_CASES + 1)]
+    largest = issuer.issue(
+        client_id="ph-nbi-partner", agency="PH-NBI", country="PH", role=Role.PARTNER,
+        case_ids=cases[:MAX_TOKEN_CASES], now=NOW,
+    )  # fmt: skip
+    assert len(largest) < 2048
+    with pytest.raises(InvalidInputError, match="a token names at most 16 cases"):
+        issuer.issue(
+            client_id="ph-nbi-partner", agency="PH-NBI", country="PH", role=Role.PARTNER,
+            case_ids=cases, now=NOW,
+        )  # fmt: skip
