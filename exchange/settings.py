@@ -26,6 +26,12 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite file exchange.db in data_dir"
     )
     trust_dir: Path = DEV_KEY_DIR / "trust"
+    # Connections one node keeps open to the database, and how many more it opens under load
+    # (SQLAlchemy's QueuePool): at most pool size + overflow per node; a request finding none
+    # free waits `db_pool_timeout` seconds, then fails.
+    db_pool_size: int = Field(default=5, ge=1, description="connections kept open per node")
+    db_max_overflow: int = Field(default=10, ge=0, description="extra connections under load")
+    db_pool_timeout: float = Field(default=30.0, gt=0, description="seconds to wait for one")
     # PostgreSQL only: how soon a vanished peer is noticed (see storage.db.PostgresLiveness).
     db_keepalives_idle: int = Field(default=30, ge=1, description="TCP keepalive idle, seconds")
     db_keepalives_interval: int = Field(default=10, ge=1, description="between probes, seconds")

@@ -47,14 +47,19 @@ def clean_env(**extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def running_exchange(data_dir: Path, **settings: str) -> Iterator[RunningExchange]:
+def running_exchange(
+    data_dir: Path, *, public_url: str | None = None, **settings: str
+) -> Iterator[RunningExchange]:
     """`exchange serve` in `data_dir`: embedded defaults (SQLite + local store) unless
-    `settings` (EXCHANGE_* variables) say otherwise."""
+    `settings` (EXCHANGE_* variables) say otherwise. `public_url` (default: its own URL) is
+    the URL clients use, e.g. a load balancer's in front of several servers."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     data_dir.mkdir(parents=True, exist_ok=True)
     log = data_dir.parent / f"server-{port}.log"
-    env = clean_env(EXCHANGE_DATA_DIR=str(data_dir), EXCHANGE_PUBLIC_URL=url, **settings)
+    env = clean_env(
+        EXCHANGE_DATA_DIR=str(data_dir), EXCHANGE_PUBLIC_URL=public_url or url, **settings
+    )
     with log.open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "exchange", "serve", "--host", "127.0.0.1", "--port", str(port)],

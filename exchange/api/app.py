@@ -92,7 +92,13 @@ def issuer_signer(settings: Settings) -> Signer:
 def build_context(settings: Settings, *, metrics: Metrics) -> AppContext:
     """Build every resource of one node (creating the data dir, schema and dev keys if needed)."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    engine = make_engine(settings.resolved_database_url, liveness=settings.postgres_liveness())
+    engine = make_engine(
+        settings.resolved_database_url,
+        liveness=settings.postgres_liveness(),
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
+        pool_timeout=settings.db_pool_timeout,
+    )
     create_schema(engine)
     development = settings.env == "development"
     log = LogSigner.from_signer(
