@@ -37,7 +37,8 @@ def nginx_config(prefix: Path, *, port: int, backends: list[str]) -> str:
     """deploy/nginx.conf with the test machine's port, backends and writable paths."""
     text = (REPO / "deploy" / "nginx.conf").read_text()
     [(indent, parameters)] = UPSTREAM_LINE.findall(text)
-    assert "max_fails=" in parameters and "fail_timeout=" in parameters
+    assert "max_fails=" in parameters
+    assert "fail_timeout=" in parameters
     text = UPSTREAM_LINE.sub(
         "\n".join(f"{indent}server {backend}{parameters};" for backend in backends), text
     )
