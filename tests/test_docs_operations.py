@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 
-import boto3
+import boto3  # type: ignore[import-untyped]  # comes with moto, ships no type hints
 
 from exchange.settings import Settings
 from tests.conftest import REPO
