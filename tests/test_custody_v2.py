@@ -719,3 +719,25 @@ def test_an_independent_verifier_agrees(story: Story):
     with pytest.raises(AssertionError):
         _independent_check(damaged, key)
     assert story.fails(damaged).reason == "case_chain_broken"
+
+
+def test_the_partner_export_reads_agency_and_case_seq_as_a_parse_would(story: Story):
+    # The partner's export peeks at two fields instead of parsing each entry: it must agree
+    # with a full parse on every entry of the case, officer (`act`) entries included.
+    from exchange.service.custody import _case_seq, _decision_view
+
+    with session_scope(story.engine) as session:
+        rows = ledger_store.case_entries(session, story.case_id, below=10**9)
+    assert rows
+    for index, row in enumerate(rows):
+        parsed = json.loads(row.data)
+        view = _decision_view(row)
+        assert view["action"] == parsed["action"]
+        assert view["actor"]["agency"] == parsed["actor"]["agency"]
+        assert _case_seq(row.data, index) == parsed["case_seq"]
+    officer = {"agency": "TH-RTP", "act": {"sub": '"agency":"VN-C06"', "name": "x"}}
+    assert _decision_view(
+        ledger_store.CaseEntryRow(0, json.dumps({"action": "bundle.fetched", "actor": officer},
+                                                sort_keys=True, separators=(",", ":")).encode(),
+                                  "bundle.fetched", None)
+    )["actor"]["agency"] == "TH-RTP"  # fmt: skip

@@ -466,13 +466,24 @@ class CaseEntryRow:
 
 
 def case_entries(session: Session, case_id: str, *, below: int) -> list[CaseEntryRow]:
-    """Every entry of a case with seq < `below`, in seq order."""
-    rows = session.connection().execute(
-        select(_ENTRY.c.seq, _ENTRY.c.data, _ENTRY.c.action, _ENTRY.c.package_id)
-        .where(_ENTRY.c.case_id == case_id, _ENTRY.c.seq < below)
-        .order_by(_ENTRY.c.seq)
-    )
-    return [CaseEntryRow(int(s), bytes(d), a, p) for s, d, a, p in rows]
+    """Every entry of a case with seq < `below`, in seq order.
+
+    On the driver's cursor, all rows at once: an export of a large case reads ten thousand
+    rows, and SQLAlchemy's per-row handling would cost a third of the export.
+    """
+    connection = session.connection()
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    driver: Any = connection.connection.driver_connection
+    cursor = driver.cursor()
+    try:
+        cursor.execute(
+            "SELECT seq, data, action, package_id FROM ledger_entry "  # noqa: S608  # fixed text
+            f"WHERE case_id = {mark} AND seq < {mark} ORDER BY seq",
+            (case_id, below),
+        )
+        return [CaseEntryRow(int(s), bytes(d), a, p) for s, d, a, p in cursor.fetchall()]
+    finally:
+        cursor.close()
 
 
 _KEY_ACTIONS = (Action.KEY_REGISTERED.value, Action.KEY_REVOKED.value)
