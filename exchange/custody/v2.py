@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping, Sequence
+import gc
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,7 @@ def _entry(obj: object, where: str) -> tuple[LedgerEntry, bytes]:
         raise _fail(f"{where} is not an object", "bad_bundle")
     try:
         entry = LedgerEntry.model_validate(obj)
-        return entry, entry_bytes(dict(obj))
+        return entry, entry_bytes(obj if isinstance(obj, dict) else dict(obj))
     except ValidationError as exc:
         first = exc.errors()[0]
         path = "/" + "/".join(str(p) for p in first["loc"])
@@ -324,6 +326,20 @@ def _redacted_event(item: _CaseItem) -> TimelineEvent:
     )
 
 
+@contextmanager
+def _without_cycle_collection() -> Iterator[None]:
+    # Checking ten thousand entries allocates a few objects per entry, and every few hundred
+    # allocations the cycle collector would walk the whole parsed bundle again: a quarter of
+    # the verification time. Nothing made here forms a cycle, so reference counting frees it all.
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def verify_bundle_v2(
     bundle: Mapping[str, Any],
     *,
@@ -334,6 +350,20 @@ def verify_bundle_v2(
     on_bytes: ProgressCallback | None = None,
 ) -> CustodyReport:
     """Verify a parsed v2 custody bundle offline; see the module docstring for the checks."""
+    with _without_cycle_collection():
+        return _verify(bundle, log_key=log_key, origin=origin, trust=trust, files=files,
+                       on_bytes=on_bytes)  # fmt: skip
+
+
+def _verify(
+    bundle: Mapping[str, Any],
+    *,
+    log_key: PublicKey,
+    origin: str | None,
+    trust: TrustStore | None,
+    files: Path | None,
+    on_bytes: ProgressCallback | None,
+) -> CustodyReport:
     case_id = bundle.get("case_id")
     note = bundle.get("checkpoint")
     raw_entries = bundle.get("entries")
