@@ -185,7 +185,12 @@ class Poller:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        with httpx.Client(timeout=15) as http:
+        # A fresh connection per request: when nginx reloads, its old worker closes idle
+        # keep-alive connections, and a request racing that close never reaches nginx at all
+        # (RFC 9112 §9.3.1: a client retries it on a new connection). That race is the
+        # client's, not a dropped request; what this counts is whether a replica drops one.
+        limits = httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=15, limits=limits) as http:
             while not self._stop.is_set():
                 try:
                     self.answers.append(http.get(f"{self.url}/v1/ledger/key").status_code)
