@@ -193,7 +193,8 @@ def _verify_entries(
     return proved
 
 
-def _signer_trust(raw_keys: Sequence[Any]) -> TrustStore:
+def signer_trust(raw_keys: Sequence[Any]) -> TrustStore:
+    """The trust store made of a bundle's `signer_keys` entries."""
     keys: list[TrustedKey] = []
     for index, item in enumerate(raw_keys):
         if not isinstance(item, Mapping):
@@ -344,7 +345,7 @@ def verify_bundle_v1(
     store = (
         trust
         if trust is not None
-        else _signer_trust(_field(bundle, "signer_keys", list, "custody bundle"))
+        else signer_trust(_field(bundle, "signer_keys", list, "custody bundle"))
     )
     records, files_checked, bytes_checked = check_packages(
         _field(bundle, "packages", list, "custody bundle"),
@@ -358,7 +359,7 @@ def verify_bundle_v1(
         origin=checkpoint.origin,
         tree_size=checkpoint.size,
         root_hash=checkpoint.root_hash,
-        events=tuple(_event(p.entry) for p in proved),
+        events=tuple(event_of(p.entry) for p in proved),
         packages=tuple(records),
         files_checked=files_checked,
         bytes_checked=bytes_checked,
@@ -416,17 +417,8 @@ def verify_checkpoint(note: str, log_key: PublicKey, origin: str | None) -> Chec
         raise _fail(f"log key unusable: {exc.message}", "bad_log_key") from exc
 
 
-def signer_trust(raw_keys: Sequence[Any]) -> TrustStore:
-    """The trust store made of a bundle's `signer_keys` entries."""
-    return _signer_trust(raw_keys)
-
-
 def event_of(entry: LedgerEntry) -> TimelineEvent:
     """The timeline event of a verified entry."""
-    return _event(entry)
-
-
-def _event(entry: LedgerEntry) -> TimelineEvent:
     return TimelineEvent(
         seq=entry.seq,
         time=entry.time,
